@@ -1,0 +1,1 @@
+"""Input/output seams: storage environment (local, s3://) and raster sources."""

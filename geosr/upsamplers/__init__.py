@@ -1,0 +1,52 @@
+"""Upsampler registry. Built-ins are the classic kernels; models register under the entry-point
+group ``geosr.upsamplers`` (a callable ``factory(scale=, batch_size=, device=, bands=, seed=, **params)``)."""
+
+from __future__ import annotations
+
+from importlib.metadata import entry_points
+from typing import Any, Callable
+
+from ..errors import ConfigError
+from .base import TileBatch, Upsampler, resolve_device
+from .classic import KINDS, ClassicUpsampler
+
+__all__ = ["TileBatch", "Upsampler", "resolve_device", "build_upsampler", "available", "register"]
+
+_EXTRA: dict[str, Callable[..., Upsampler]] = {}
+
+
+def register(name: str, factory: Callable[..., Upsampler]) -> None:
+    """Register a factory under ``name`` (tests and plugins)."""
+    _EXTRA[name] = factory
+
+
+def _builtin_models() -> dict[str, str]:
+    # name -> "module:factory"; imported only when asked for, so torch/diffusers load lazily
+    return {}
+
+
+def available() -> list[str]:
+    names = set(KINDS) | set(_EXTRA) | set(_builtin_models())
+    names |= {ep.name for ep in entry_points(group="geosr.upsamplers")}
+    return sorted(names)
+
+
+def build_upsampler(name: str, *, scale: int, batch_size: int = 16, device: str = "auto",
+                    bands: int | None = None, seed: int = 0, params: dict[str, Any] | None = None) -> Upsampler:
+    params = dict(params or {})
+    if name in KINDS:
+        return ClassicUpsampler(name, scale=scale, batch_size=batch_size, device=device, bands=bands, **params)
+    factory = _EXTRA.get(name)
+    if factory is None and name in _builtin_models():
+        import importlib
+
+        mod, attr = _builtin_models()[name].split(":")
+        factory = getattr(importlib.import_module(mod), attr)
+    if factory is None:
+        for ep in entry_points(group="geosr.upsamplers"):
+            if ep.name == name:
+                factory = ep.load()
+                break
+    if factory is None:
+        raise ConfigError(f"model.name={name!r} is unknown; available: {', '.join(available())}")
+    return factory(scale=scale, batch_size=batch_size, device=device, bands=bands, seed=seed, **params)
