@@ -75,6 +75,11 @@ class TilingConfig(_Frozen):
             )
         if self.block % self.chunk:
             raise ValueError(f"block={self.block} must be a multiple of chunk={self.chunk}")
+        if self.chunk % self.scale:
+            raise ValueError(
+                f"chunk={self.chunk} must be a multiple of scale={self.scale} so that every output chunk "
+                "covers whole low-res pixels"
+            )
         return self
 
 

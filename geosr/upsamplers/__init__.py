@@ -22,7 +22,7 @@ def register(name: str, factory: Callable[..., Upsampler]) -> None:
 
 def _builtin_models() -> dict[str, str]:
     # name -> "module:factory"; imported only when asked for, so torch/diffusers load lazily
-    return {}
+    return {"ldm": "geosr.diffusion.upsampler:build"}
 
 
 def available() -> list[str]:

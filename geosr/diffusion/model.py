@@ -1,0 +1,113 @@
+"""The two networks, built from diffusers components according to a :class:`ModelSpec`.
+
+* autoencoder: ``AutoencoderTiny`` (default; TAESD-style, deterministic, cheap decoder) or ``AutoencoderKL``
+  (its posterior mode is used). It codes the C-band high-res *residual* over the consistent bicubic base.
+* denoiser: ``UNet2DModel`` on ``[noisy latent, condition]``; the condition is the normalised low-res tile
+  itself (already at latent resolution for a 4x autoencoder at scale 4: no autoencoder pass, no upsample),
+  resized to the latent grid otherwise.
+
+:class:`LatentSR` holds both; the samplers only ever see :meth:`LatentSR.denoise` as a callable.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import ModelError
+from .spec import AutoencoderSpec, DenoiserSpec, ModelSpec
+
+
+def build_autoencoder(spec: AutoencoderSpec, bands: int) -> nn.Module:
+    from diffusers import AutoencoderKL, AutoencoderTiny
+
+    if spec.kind == "tiny":
+        if len(spec.encoder_block_out_channels) != len(spec.num_encoder_blocks) or \
+                len(spec.decoder_block_out_channels) != len(spec.num_decoder_blocks):
+            raise ModelError("autoencoder: block_out_channels and num_*_blocks must have the same length")
+        if len(spec.encoder_block_out_channels) != len(spec.decoder_block_out_channels):
+            raise ModelError("autoencoder: encoder and decoder need the same number of levels")
+        return AutoencoderTiny(
+            in_channels=bands, out_channels=bands, latent_channels=spec.latent_channels,
+            encoder_block_out_channels=tuple(spec.encoder_block_out_channels),
+            decoder_block_out_channels=tuple(spec.decoder_block_out_channels),
+            num_encoder_blocks=tuple(spec.num_encoder_blocks), num_decoder_blocks=tuple(spec.num_decoder_blocks),
+            upsampling_scaling_factor=2, scaling_factor=spec.scaling_factor,
+        )
+    n = len(spec.encoder_block_out_channels)
+    return AutoencoderKL(
+        in_channels=bands, out_channels=bands, latent_channels=spec.latent_channels,
+        block_out_channels=tuple(spec.encoder_block_out_channels),
+        down_block_types=("DownEncoderBlock2D",) * n, up_block_types=("UpDecoderBlock2D",) * n,
+        layers_per_block=spec.layers_per_block, norm_num_groups=spec.norm_num_groups,
+        mid_block_add_attention=spec.mid_block_add_attention, scaling_factor=spec.scaling_factor,
+    )
+
+
+def build_denoiser(spec: DenoiserSpec, latent_channels: int, cond_channels: int) -> nn.Module:
+    from diffusers import UNet2DModel
+
+    if not (len(spec.block_out_channels) == len(spec.down_block_types) == len(spec.up_block_types)):
+        raise ModelError("denoiser: block_out_channels, down_block_types and up_block_types need the same length")
+    return UNet2DModel(
+        in_channels=latent_channels + cond_channels, out_channels=latent_channels,
+        block_out_channels=tuple(spec.block_out_channels), layers_per_block=spec.layers_per_block,
+        down_block_types=tuple(spec.down_block_types), up_block_types=tuple(spec.up_block_types),
+        mid_block_type=spec.mid_block_type, add_attention=spec.add_attention,
+        attention_head_dim=spec.attention_head_dim, norm_num_groups=spec.norm_num_groups,
+    )
+
+
+class LatentSR(nn.Module):
+    """Autoencoder + conditional denoiser. Tensors in and out; no sampling logic here."""
+
+    def __init__(self, spec: ModelSpec) -> None:
+        super().__init__()
+        self.spec = spec
+        self.autoencoder = build_autoencoder(spec.autoencoder, spec.bands)
+        self.denoiser = build_denoiser(spec.denoiser, spec.autoencoder.latent_channels, spec.bands)
+
+    @property
+    def latent_channels(self) -> int:
+        return self.spec.autoencoder.latent_channels
+
+    def condition(self, lowres: torch.Tensor, latent_hw: tuple[int, int]) -> torch.Tensor:
+        c = (lowres - self.spec.cond_offset) / self.spec.cond_scale
+        if tuple(c.shape[-2:]) != tuple(latent_hw):
+            c = F.interpolate(c, size=latent_hw, mode="bilinear", align_corners=False)
+        return c
+
+    def encode(self, residual: torch.Tensor) -> torch.Tensor:
+        """High-res residual reflectance (B, C, sH, sW) -> scaled latent (B, L, sH/d, sW/d)."""
+        x = residual / self.spec.residual_scale
+        ae = self.autoencoder
+        if self.spec.autoencoder.kind == "tiny":
+            z = ae.encoder(x)
+        else:
+            z = ae.quant_conv(ae.encoder(x)) if ae.quant_conv is not None else ae.encoder(x)
+            z = z.chunk(2, dim=1)[0]  # posterior mode
+        return z * self.spec.autoencoder.scaling_factor
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Scaled latent -> high-res residual reflectance."""
+        z = z / self.spec.autoencoder.scaling_factor
+        ae = self.autoencoder
+        if self.spec.autoencoder.kind == "tiny":
+            x = ae.decoder(z)
+        else:
+            if ae.post_quant_conv is not None:
+                z = ae.post_quant_conv(z)
+            x = ae.decoder(z)
+        return x * self.spec.residual_scale
+
+    def denoise(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """Model output (v) for noisy latents ``x_t`` at integer timesteps ``t`` given the condition."""
+        t = t.expand(x_t.shape[0]) if t.ndim == 1 and t.numel() == 1 else t
+        if t.ndim == 0:
+            t = t.expand(x_t.shape[0])
+        return self.denoiser(torch.cat([x_t, cond.to(x_t.dtype)], dim=1), t).sample
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())

@@ -1,0 +1,25 @@
+"""Typed errors of the orchestration layer (each also inherits the builtin a caller would catch)."""
+
+from __future__ import annotations
+
+from ..errors import ConfigError, GeosrError, InputError, OutputError
+
+
+class ClusterError(GeosrError, RuntimeError):
+    """The Dask cluster cannot run the scene (no GPU-tagged worker, scheduler unreachable, workers keep dying)."""
+
+
+class SceneLockedError(OutputError):
+    """Another run holds the scene's lease and did not release it within the wait time."""
+
+
+class LeaseLostError(OutputError):
+    """This run's lease on a scene was taken over (it expired); the run stops so two runs do not both write."""
+
+
+class DiscoveryError(InputError):
+    """A scene source (prefix, STAC API, ItemCollection) cannot be listed or searched as given."""
+
+
+class GpuLimitError(ConfigError):
+    """The Prefect global concurrency limit that guards the GPUs does not exist or cannot be used."""

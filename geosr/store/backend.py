@@ -1,0 +1,254 @@
+"""Where a store lives: its filesystem, its Zarr store object, small JSON files, and storage errors.
+
+Every storage operation of the store goes through :func:`storage_errors`, which turns permission,
+bucket and credential failures from the local filesystem, s3fs and botocore into geosr's typed errors
+(:class:`~geosr.errors.OutputError`, :class:`~geosr.errors.BucketNotFoundError`,
+:class:`~geosr.errors.StorageAuthError`) with a message that says what to change.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import uuid
+from contextlib import contextmanager
+from functools import cached_property
+from typing import Any, Iterator
+
+import fsspec
+
+from ..errors import BucketNotFoundError, GeosrError, OutputError, StorageAuthError
+from ..io.storage import StorageEnv, is_remote, strip_protocol
+
+log = logging.getLogger(__name__)
+
+_AUTH_CODES = {
+    "AccessDenied", "AllAccessDisabled", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken",
+    "InvalidToken", "TokenRefreshRequired", "RequestTimeTooSkewed", "InvalidSecurity", "AccountProblem",
+    "NotSignedUp", "403", "Forbidden", "Unauthorized", "401",
+}
+_BUCKET_CODES = {"NoSuchBucket"}
+
+
+def storage_error(exc: BaseException, uri: str, action: str) -> GeosrError | None:
+    """The typed error for a storage failure of ``action`` on ``uri``; None when ``exc`` is not one."""
+    if isinstance(exc, GeosrError):
+        return exc
+    remote = is_remote(uri)
+    bucket = bucket_of(uri)
+    try:
+        import botocore.exceptions as bce
+    except ImportError:  # pragma: no cover - s3fs always brings botocore
+        bce = None
+    if bce is not None:
+        if isinstance(exc, (bce.NoCredentialsError, bce.PartialCredentialsError)):
+            return StorageAuthError(
+                f"cannot {action} {uri}: no object-storage credentials found; set AWS_ACCESS_KEY_ID and "
+                "AWS_SECRET_ACCESS_KEY, a shared credentials file or storage.profile (or storage.anon for public data)"
+            )
+        if isinstance(exc, bce.ClientError):
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            if code in _BUCKET_CODES:
+                return _bucket_missing(uri, bucket)
+            if code in _AUTH_CODES:
+                return _auth_failed(uri, action, code)
+    text = str(exc)
+    if isinstance(exc, PermissionError):
+        if remote:
+            return _auth_failed(uri, action, text)
+        return OutputError(
+            f"cannot {action} {uri}: permission denied ({getattr(exc, 'filename', None) or text}); "
+            "choose an output location you can write to, or fix its permissions"
+        )
+    if isinstance(exc, FileNotFoundError) and remote and ("NoSuchBucket" in text or "bucket does not exist" in text.lower()):
+        return _bucket_missing(uri, bucket)
+    if isinstance(exc, (NotADirectoryError, FileExistsError)) and not remote:
+        return OutputError(
+            f"cannot {action} {uri}: a parent of the output path is a file, not a directory "
+            f"({getattr(exc, 'filename', None) or text}); choose an output path inside a directory"
+        )
+    if isinstance(exc, OSError) and getattr(exc, "errno", None) == errno.EROFS:
+        return OutputError(f"cannot {action} {uri}: the filesystem is read-only; choose a writable output location")
+    if isinstance(exc, OSError) and getattr(exc, "errno", None) == errno.ENOSPC:
+        return OutputError(f"cannot {action} {uri}: no space left on the device; free space or choose another location")
+    return None
+
+
+def _bucket_missing(uri: str, bucket: str | None) -> BucketNotFoundError:
+    return BucketNotFoundError(
+        f"bucket {bucket!r} of {uri} does not exist (or is not visible with these credentials); "
+        "create it first or fix the output URI"
+    )
+
+
+def _auth_failed(uri: str, action: str, detail: str) -> StorageAuthError:
+    return StorageAuthError(
+        f"cannot {action} {uri}: object storage refused the credentials ({detail}); check AWS_ACCESS_KEY_ID / "
+        "AWS_SECRET_ACCESS_KEY or storage.profile, and that they may write to this bucket"
+    )
+
+
+@contextmanager
+def storage_errors(uri: str, action: str) -> Iterator[None]:
+    """Re-raise storage failures inside the block as geosr's typed errors (others pass through)."""
+    try:
+        yield
+    except GeosrError:
+        raise
+    except Exception as exc:
+        mapped = storage_error(exc, uri, action)
+        if mapped is None:
+            raise
+        raise mapped from exc
+
+
+def _stem(path: str) -> str:
+    name = str(path).rsplit("/", 1)[-1]
+    return name[: -len(".json")] if name.endswith(".json") else name
+
+
+def bucket_of(uri: str) -> str | None:
+    return strip_protocol(uri).split("/", 1)[0] if is_remote(uri) else None
+
+
+class StoreLocation:
+    """A store's URI, filesystem and paths; cheap to build, picklable (the filesystem is rebuilt)."""
+
+    def __init__(self, uri: str, env: StorageEnv) -> None:
+        self.uri = str(uri).rstrip("/")
+        self.env = env
+        self.remote = is_remote(self.uri)
+        root = strip_protocol(self.uri)
+        self.root = root if self.remote else os.path.abspath(root)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"uri": self.uri, "env": self.env}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["uri"], state["env"])
+
+    @cached_property
+    def fs(self) -> fsspec.AbstractFileSystem:
+        return self.env.filesystem(self.uri)
+
+    def path(self, *parts: str) -> str:
+        return "/".join([self.root, *[p.strip("/") for p in parts if p]])
+
+    def zarr_store(self, read_only: bool = False):
+        """A zarr-python store for the root: ``LocalStore`` for paths, ``FsspecStore`` for object storage
+        (an asynchronous twin of ``env.filesystem(uri)`` with the same options)."""
+        from zarr.storage import FsspecStore, LocalStore
+
+        if not self.remote:
+            return LocalStore(self.root, read_only=read_only)
+        fs = self.fs
+        if getattr(fs, "async_impl", False) and not getattr(fs, "asynchronous", False):
+            fs = type(fs)(asynchronous=True, **fs.storage_options)
+        if not getattr(fs, "async_impl", False):
+            from zarr.storage._fsspec import AsyncFileSystemWrapper
+
+            fs = AsyncFileSystemWrapper(fs)
+        return FsspecStore(fs, read_only=read_only, path=self.root)
+
+    # -- small files --------------------------------------------------------------------------------
+    def exists(self, rel: str = "") -> bool:
+        with storage_errors(self.uri, "read"):
+            return self.fs.exists(self.path(rel))
+
+    def read_json(self, rel: str) -> dict[str, Any] | None:
+        """The JSON document at ``rel`` under the root; None when absent or unreadable (half-written)."""
+        with storage_errors(self.uri, "read"):
+            try:
+                data = self.fs.cat_file(self.path(rel))
+            except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+                return None
+        try:
+            return json.loads(data)
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            log.warning("ignoring unreadable %s in %s (interrupted write?)", rel, self.uri)
+            return None
+
+    def write_json(self, rel: str, doc: dict[str, Any]) -> None:
+        """Write ``doc`` at ``rel``; atomically (temp file + rename) on local disk, one PUT on S3."""
+        data = json.dumps(doc, indent=1, sort_keys=True, default=str).encode()
+        self.write_bytes(self.path(rel), data)
+
+    def write_bytes(self, path: str, data: bytes) -> None:
+        with storage_errors(self.uri, "write"):
+            if self.remote:
+                self.fs.pipe_file(path, data)
+                return
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+            with open(tmp, "wb") as f:
+                f.write(data)
+            os.replace(tmp, path)
+
+    def json_names(self, rel_dir: str) -> list[str]:
+        """Full paths of the ``*.json`` files directly under ``rel_dir`` ([] when it does not exist)."""
+        base = self.path(rel_dir)
+        with storage_errors(self.uri, "read"):
+            if self.remote:
+                self.fs.invalidate_cache(base)
+            try:
+                return [str(p) for p in self.fs.ls(base, detail=False) if str(p).endswith(".json")]
+            except (FileNotFoundError, NotADirectoryError):
+                return []
+
+    def read_many_json(self, rel_dir: str) -> dict[str, dict[str, Any]]:
+        """{file stem: document} for every ``*.json`` directly under ``rel_dir`` (unreadable ones skipped)."""
+        names = self.json_names(rel_dir)
+        if not names:
+            return {}
+        with storage_errors(self.uri, "read"):
+            blobs = self.fs.cat(names, on_error="omit")
+        out: dict[str, dict[str, Any]] = {}
+        for p, data in blobs.items():
+            try:
+                out[_stem(p)] = json.loads(data)
+            except (UnicodeDecodeError, json.JSONDecodeError):
+                log.warning("ignoring unreadable marker %s (interrupted write?)", p)
+        return out
+
+    def remove(self, rel: str) -> None:
+        with storage_errors(self.uri, "delete"):
+            try:
+                self.fs.rm_file(self.path(rel))
+            except FileNotFoundError:
+                pass
+
+    def remove_tree(self) -> None:
+        with storage_errors(self.uri, "delete"):
+            if self.fs.exists(self.root):
+                self.fs.rm(self.root, recursive=True)
+            if self.remote:
+                self.fs.invalidate_cache(self.root)
+
+    def listing(self) -> list[str]:
+        """Names directly under the root ([] when absent)."""
+        with storage_errors(self.uri, "read"):
+            if self.remote:
+                self.fs.invalidate_cache(self.root)
+            try:
+                return [str(p).rstrip("/").rsplit("/", 1)[-1] for p in self.fs.ls(self.root, detail=False)]
+            except (FileNotFoundError, NotADirectoryError):
+                return []
+
+    def is_file(self) -> bool:
+        with storage_errors(self.uri, "read"):
+            return self.fs.isfile(self.root)
+
+    def check_bucket(self) -> None:
+        """Raise :class:`BucketNotFoundError` / :class:`StorageAuthError` unless the bucket is reachable."""
+        if not self.remote or not hasattr(self.fs, "call_s3"):
+            return
+        bucket = bucket_of(self.uri)
+        with storage_errors(self.uri, "reach"):
+            try:
+                self.fs.call_s3("head_bucket", Bucket=bucket)
+            except FileNotFoundError:
+                raise _bucket_missing(self.uri, bucket) from None
+            except PermissionError as e:
+                raise _auth_failed(self.uri, "reach", str(e) or "access denied") from None

@@ -1,0 +1,92 @@
+"""Pixel encoding (reflectance <-> stored values) and the Zarr codecs of a spec.
+
+``uint16``: stored = round(reflectance * 10000) clipped to [1, 65535]; 0 is nodata, so no valid pixel
+ever becomes nodata (reflectance <= 0 is stored as 1, i.e. 0.0001). The arrays carry CF
+``scale_factor = 0.0001`` and ``add_offset = 0``: xarray decodes them to float reflectance with NaN
+nodata, while GDAL reads the raw integers and reports the scale/offset (``ds.scales``).
+
+``float32``: stored = reflectance, NaN is nodata.
+
+Everything here is elementwise, so encoding a block or the whole scene gives the same bytes.
+"""
+
+from __future__ import annotations
+
+import base64
+import struct
+from typing import Any
+
+import numpy as np
+
+SCALE = 10000  # uint16 stores reflectance * SCALE
+UINT16_NODATA = 0
+
+
+def nodata(dtype: str) -> float | int:
+    return UINT16_NODATA if dtype == "uint16" else float("nan")
+
+
+def encode(data: np.ndarray, valid: np.ndarray, dtype: str) -> np.ndarray:
+    """(C, h, w) float reflectance + (h, w) valid mask -> stored values of ``dtype``.
+
+    Pixels that are not valid, or not finite, become nodata."""
+    if data.ndim != 3 or valid.shape != data.shape[1:]:
+        raise ValueError(f"data must be (C, h, w) with a (h, w) valid mask; got {data.shape} and {valid.shape}")
+    out = np.empty(data.shape, dtype=dtype)
+    for i in range(data.shape[0]):  # one band at a time: bounded float64 scratch memory
+        band = data[i].astype(np.float64, copy=False)
+        ok = valid & np.isfinite(band)
+        if dtype == "uint16":
+            raw = np.clip(np.rint(band * SCALE), 1, 65535)
+            out[i] = np.where(ok, raw, UINT16_NODATA)
+        else:
+            out[i] = np.where(ok, band, np.nan)
+    return out
+
+
+def decode(raw: np.ndarray, dtype: str) -> np.ndarray:
+    """Stored values -> float32 reflectance with NaN for nodata."""
+    if dtype == "uint16":
+        out = raw.astype(np.float32) / np.float32(SCALE)
+        out[raw == UINT16_NODATA] = np.nan
+        return out
+    return raw.astype(np.float32, copy=False)
+
+
+def valid_mask(raw: np.ndarray, dtype: str) -> np.ndarray:
+    return raw != UINT16_NODATA if dtype == "uint16" else ~np.isnan(raw)
+
+
+def variable_attrs(dtype: str, zarr_format: int) -> dict[str, Any]:
+    """CF attributes of a data array for ``dtype`` (scale/offset for uint16, units, v3 _FillValue)."""
+    attrs: dict[str, Any] = {"units": "1", "long_name": "surface reflectance"}
+    if dtype == "uint16":
+        attrs.update(scale_factor=1.0 / SCALE, add_offset=0.0)
+    if zarr_format == 3:
+        # Zarr v3's fill_value is only the value of unwritten chunks; xarray reads the CF mask value from
+        # the _FillValue attribute, floats as base64 of little-endian float64 (xarray's FillValueCoder).
+        attrs["_FillValue"] = UINT16_NODATA if dtype == "uint16" else _b64_float(float("nan"))
+    return attrs
+
+
+def _b64_float(v: float) -> str:
+    return base64.standard_b64encode(struct.pack("<d", v)).decode()
+
+
+def compressors(compressor: str, level: int, zarr_format: int, itemsize: int) -> Any:
+    """The ``compressors`` argument of ``zarr.create_array`` for the spec's compressor (None: uncompressed).
+
+    blosc uses its zstd codec with byte shuffle (helps uint16/float32 planes); its level is clamped to 0..9."""
+    if compressor == "none":
+        return None
+    if zarr_format == 2:
+        import numcodecs
+
+        if compressor == "zstd":
+            return numcodecs.Zstd(level=level)
+        return numcodecs.Blosc(cname="zstd", clevel=min(level, 9), shuffle=numcodecs.Blosc.SHUFFLE)
+    from zarr.codecs import BloscCodec, ZstdCodec
+
+    if compressor == "zstd":
+        return ZstdCodec(level=level)
+    return BloscCodec(cname="zstd", clevel=min(level, 9), shuffle="shuffle", typesize=itemsize)

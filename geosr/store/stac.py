@@ -1,0 +1,135 @@
+"""The STAC Item written beside a finished store (``.../scene.zarr`` -> ``.../scene.stac-item.json``).
+
+The Item carries the projection extension (``proj:code``, ``proj:wkt2``, ``proj:shape``,
+``proj:transform``, ``proj:bbox``, ``proj:centroid``), a bbox and footprint in EPSG:4326 (edges
+densified, so a projected rectangle's curved outline is followed), and one ``data`` asset pointing at
+the store with media type ``application/vnd+zarr``.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from typing import Any
+
+import pystac
+from pystac.extensions.projection import ProjectionExtension
+
+from ..io.storage import StorageEnv
+from .backend import StoreLocation
+from .encode import nodata
+from .georef import bbox as native_bbox
+from .georef import crs_code, crs_wkt2
+from .spec import OutputSpec
+
+ZARR_MEDIA_TYPE = "application/vnd+zarr"
+_DENSIFY = 21  # points per footprint edge
+
+
+def stac_item_uri(uri: str) -> str:
+    """Where the Item of store ``uri`` lives: beside it, ``scene.zarr`` -> ``scene.stac-item.json``."""
+    u = str(uri).rstrip("/")
+    return (u[: -len(".zarr")] if u.endswith(".zarr") else u) + ".stac-item.json"
+
+
+def item_id(uri: str) -> str:
+    name = str(uri).rstrip("/").rsplit("/", 1)[-1]
+    return name[: -len(".zarr")] if name.endswith(".zarr") else name
+
+
+def footprint(spec: OutputSpec) -> tuple[list[float], dict[str, Any]]:
+    """(bbox, GeoJSON polygon) of the output's outline in EPSG:4326 (lon/lat)."""
+    from pyproj import CRS, Transformer
+
+    xmin, ymin, xmax, ymax = native_bbox(spec.transform, spec.height, spec.width)
+    t = Transformer.from_crs(CRS.from_wkt(spec.crs_wkt), CRS.from_epsg(4326), always_xy=True)
+    ring: list[tuple[float, float]] = []
+    n = _DENSIFY - 1
+    edges = [((xmin, ymax), (xmax, ymax)), ((xmax, ymax), (xmax, ymin)), ((xmax, ymin), (xmin, ymin)), ((xmin, ymin), (xmin, ymax))]
+    for (x0, y0), (x1, y1) in edges:
+        for k in range(n):
+            ring.append((x0 + (x1 - x0) * k / n, y0 + (y1 - y0) * k / n))
+    lon, lat = t.transform([p[0] for p in ring], [p[1] for p in ring])
+    coords = [[float(a), float(b)] for a, b in zip(lon, lat)]
+    coords.append(coords[0])
+    box = [min(c[0] for c in coords), min(c[1] for c in coords), max(c[0] for c in coords), max(c[1] for c in coords)]
+    return box, {"type": "Polygon", "coordinates": [coords]}
+
+
+def build_stac_item(uri: str, spec: OutputSpec, provenance: dict[str, Any] | None = None,
+                    when: datetime | None = None) -> pystac.Item:
+    """The Item describing store ``uri``. Its datetime is ``provenance["datetime"]`` (the acquisition
+    time, ISO 8601) when given, else ``when`` (default: now, UTC)."""
+    prov = provenance or {}
+    now = when or datetime.now(timezone.utc)
+    dt = _parse_datetime(prov.get("datetime")) or now
+    box, geom = footprint(spec)
+    props: dict[str, Any] = {"created": now.isoformat()}
+    for key, name in (("plan_hash", "geosr:plan_hash"), ("geosr_version", "geosr:version"),
+                      ("input_uri", "geosr:input"), ("config_hash", "geosr:config_hash")):
+        if prov.get(key) is not None:
+            props[name] = prov[key]
+    model = prov.get("model")
+    if isinstance(model, dict) and model.get("name"):
+        props["geosr:model"] = model.get("name")
+    item = pystac.Item(id=item_id(uri), geometry=geom, bbox=box, datetime=dt, properties=props)
+    proj = ProjectionExtension.ext(item, add_if_missing=True)
+    a, _, c, _, e, f = spec.transform
+    cx, cy = c + a * spec.width / 2, f + e * spec.height / 2
+    proj.apply(
+        code=crs_code(spec.crs_wkt),
+        wkt2=crs_wkt2(spec.crs_wkt),
+        shape=[spec.height, spec.width],
+        transform=[float(v) for v in spec.transform],
+        bbox=native_bbox(spec.transform, spec.height, spec.width),
+        centroid=_centroid(spec, cx, cy),
+    )
+    nd = nodata(spec.dtype)
+    item.add_asset("data", pystac.Asset(
+        href=str(uri).rstrip("/"),
+        media_type=ZARR_MEDIA_TYPE,
+        roles=["data"],
+        title=f"super-resolved {spec.variable} (Zarr v{spec.zarr_format})",
+        extra_fields={"bands": [{"name": n, "data_type": spec.dtype, "nodata": nd if nd == nd else "nan"}
+                                for n in spec.band_names]},
+    ))
+    return item
+
+
+def write_stac_item(uri: str, env: StorageEnv, item: pystac.Item) -> str:
+    """Write ``item`` beside store ``uri``; returns the Item's URI."""
+    target = stac_item_uri(uri)
+    doc = item.to_dict(include_self_link=False, transform_hrefs=False)
+    loc = StoreLocation(target, env)
+    loc.write_bytes(loc.root, json.dumps(doc, indent=1).encode())
+    return target
+
+
+def read_stac_item(uri: str, env: StorageEnv) -> pystac.Item | None:
+    """The Item beside store ``uri``, or None when there is none."""
+    loc = StoreLocation(stac_item_uri(uri), env)
+    try:
+        data = loc.fs.cat_file(loc.root)
+    except FileNotFoundError:
+        return None
+    return pystac.Item.from_dict(json.loads(data))
+
+
+def _centroid(spec: OutputSpec, x: float, y: float) -> dict[str, float]:
+    from pyproj import CRS, Transformer
+
+    t = Transformer.from_crs(CRS.from_wkt(spec.crs_wkt), CRS.from_epsg(4326), always_xy=True)
+    lon, lat = t.transform(x, y)
+    return {"lat": round(float(lat), 7), "lon": round(float(lon), 7)}
+
+
+def _parse_datetime(v: Any) -> datetime | None:
+    if v is None:
+        return None
+    if isinstance(v, datetime):
+        return v if v.tzinfo else v.replace(tzinfo=timezone.utc)
+    try:
+        d = datetime.fromisoformat(str(v).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return d if d.tzinfo else d.replace(tzinfo=timezone.utc)

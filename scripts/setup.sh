@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Create .venv (if needed) and install geosr with pinned dependencies. Idempotent.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+# torch is pinned to the CPU wheel in requirements/constraints.txt; an unpinned torch would pull CUDA.
+.venv/bin/python -m pip install -q --disable-pip-version-check -c requirements/constraints.txt -e ".[model,flows,test]"
