@@ -55,10 +55,9 @@ def floor_run(inp: str, out: str, scale: int, chunk: int, block: int, workers: i
 
     import rasterio
     import zarr
-    from zarr.codecs import BloscCodec  # noqa: F401  (codec parity handled below)
 
     from geosr.config import load_config
-    from geosr.store.encode import compressor_for  # the store's own codec choice
+    from geosr.store.encode import compressors  # the store's own codec choice
 
     t0 = time.perf_counter()
     with rasterio.open(inp) as src:
@@ -66,7 +65,7 @@ def floor_run(inp: str, out: str, scale: int, chunk: int, block: int, workers: i
     H, W = h * scale, w * scale
     cfg = load_config()
     arr = zarr.create_array(out, shape=(c, H, W), chunks=(1, chunk, chunk), dtype="uint16", fill_value=0,
-                            zarr_format=2, compressors=compressor_for(cfg.output.compressor, cfg.output.level, 2))
+                            zarr_format=2, compressors=compressors(cfg.output.compressor, cfg.output.level, 2, 2))
     lb = block // scale
 
     def one(rc):

@@ -193,7 +193,7 @@ def block_stats(plan: ScenePlan, inp: BlockInput, data: np.ndarray, valid: np.nd
     seam = SeamAccumulator()
     by = tile_boundaries(g.y_origins, g.tile, s, g.height)
     bx = tile_boundaries(g.x_origins, g.tile, s, g.width)
-    seam.add(data.mean(axis=0), by, bx, valid, y0=b.y0, x0=b.x0)
+    seam.add(data.mean(axis=0), by, bx, valid, y0=b.y0, x0=b.x0, period=s)
     stats["seam"] = [seam.seam_sum, seam.seam_n, seam.inner_sum, seam.inner_n]
     return stats
 

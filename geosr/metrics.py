@@ -48,28 +48,46 @@ class SeamAccumulator:
     inner_n: int = 0
 
     def add(self, img: np.ndarray, bounds_y: Iterable[int], bounds_x: Iterable[int],
-            valid: np.ndarray | None = None, y0: int = 0, x0: int = 0) -> None:
-        """Add one image region whose top-left output pixel is (y0, x0); boundaries are global."""
-        a = _chw(img)
-        for axis, bounds, off in ((1, bounds_y, y0), (2, bounds_x, x0)):
-            d = np.diff(a, axis=axis) ** 2  # step between i and i+1 -> boundary at i+1
-            d = d.sum(axis=0)
-            if valid is not None:
-                v = valid[1:, :] & valid[:-1, :] if axis == 1 else valid[:, 1:] & valid[:, :-1]
-            else:
-                v = np.ones(d.shape, dtype=bool)
-            n = d.shape[axis - 1]
-            is_seam = np.zeros(n, dtype=bool)
-            for b in bounds:
-                i = b - off - 1
-                if 0 <= i < n:
-                    is_seam[i] = True
-            seam_mask = (is_seam[:, None] if axis == 1 else is_seam[None, :]) & v
-            inner_mask = (~is_seam[:, None] if axis == 1 else ~is_seam[None, :]) & v
-            self.seam_sum += float(d[seam_mask].sum())
-            self.seam_n += int(seam_mask.sum())
-            self.inner_sum += float(d[inner_mask].sum())
-            self.inner_n += int(inner_mask.sum())
+            valid: np.ndarray | None = None, y0: int = 0, x0: int = 0, strip: int = 512,
+            period: int = 1) -> None:
+        """Add one image region whose top-left output pixel is (y0, x0); boundaries are global.
+
+        ``period``: compare boundary lines only with inner lines of the same phase (global position a
+        multiple of ``period``). Pass the upscaling factor: tile boundaries fall between low-res pixels,
+        and an upsampler's gradients there differ from those inside a low-res pixel even without seams.
+        Works in row strips so memory stays bounded for large blocks."""
+        a = np.asarray(img)
+        a = a[None] if a.ndim == 2 else a
+        by, bx = list(bounds_y), list(bounds_x)
+        h = a.shape[1]
+        for s in range(0, h, strip):
+            e = min(s + strip, h)
+            self._axis(a[:, s:e], None if valid is None else valid[s:e], 2, bx, x0, period)
+            lo = max(s - 1, 0)  # row pairs (lo, lo+1) .. (e-2, e-1): each pair counted once
+            if e - lo > 1:
+                self._axis(a[:, lo:e], None if valid is None else valid[lo:e], 1, by, y0 + lo, period)
+
+    def _axis(self, a: np.ndarray, valid: np.ndarray | None, axis: int, bounds: list[int], off: int,
+              period: int) -> None:
+        d = (np.diff(a.astype(np.float32, copy=False), axis=axis) ** 2).sum(axis=0)
+        if valid is not None:
+            v = valid[1:, :] & valid[:-1, :] if axis == 1 else valid[:, 1:] & valid[:, :-1]
+        else:
+            v = np.ones(d.shape, dtype=bool)
+        n = d.shape[axis - 1]
+        is_seam = np.zeros(n, dtype=bool)
+        for b in bounds:
+            i = b - off - 1  # the step between pixel b-1 and b
+            if 0 <= i < n:
+                is_seam[i] = True
+        in_phase = (np.arange(n) + off + 1) % period == 0
+        line = is_seam[:, None] if axis == 1 else is_seam[None, :]
+        inner = (~is_seam & in_phase)[:, None] if axis == 1 else (~is_seam & in_phase)[None, :]
+        seam_mask, inner_mask = line & v, inner & v
+        self.seam_sum += float(d[seam_mask].sum(dtype=np.float64))
+        self.seam_n += int(seam_mask.sum())
+        self.inner_sum += float(d[inner_mask].sum(dtype=np.float64))
+        self.inner_n += int(inner_mask.sum())
 
     def merge(self, other: "SeamAccumulator") -> "SeamAccumulator":
         return SeamAccumulator(self.seam_sum + other.seam_sum, self.seam_n + other.seam_n,
@@ -82,10 +100,11 @@ class SeamAccumulator:
 
 
 def seam_metric(img: np.ndarray, bounds_y: Iterable[int], bounds_x: Iterable[int],
-                valid: np.ndarray | None = None) -> float:
-    """Gradient energy across tile boundaries over gradient energy inside tiles (1.0 = invisible)."""
+                valid: np.ndarray | None = None, period: int = 1) -> float:
+    """Gradient energy across tile boundaries over gradient energy inside tiles at the same phase
+    (``period`` = upscaling factor; see :meth:`SeamAccumulator.add`). 1.0 = invisible."""
     acc = SeamAccumulator()
-    acc.add(img, list(bounds_y), list(bounds_x), valid)
+    acc.add(img, list(bounds_y), list(bounds_x), valid, period=period)
     return acc.value()
 
 

@@ -53,6 +53,19 @@ def read_output(store_uri: str, variable: str, env: StorageEnv, rows: tuple[int,
     return arr
 
 
+def run_parameters(store_uri: str, env: StorageEnv) -> dict | None:
+    """The run configuration recorded in a finalized store's provenance, if any."""
+    import zarr
+
+    from .store.backend import StoreLocation
+    from .store.provenance import ATTR
+
+    loc = StoreLocation(store_uri, env)
+    root = zarr.open_group(loc.zarr_store(read_only=True), mode="r")
+    record = root.attrs.get(ATTR) or {}
+    return (record.get("provenance") or {}).get("parameters")
+
+
 def make_preview(input_uri: str, store_uri: str, png_path: str, cfg: RunConfig, env: StorageEnv,
                  crop: int = 256, percentiles: tuple[float, float] = (2.0, 98.0)) -> str:
     """Write ``png_path``: left the input window (``crop`` low-res px, centred), right the output there."""

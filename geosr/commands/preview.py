@@ -19,19 +19,17 @@ def register(sub) -> None:
 
 
 def _preview(args: argparse.Namespace) -> int:
+    from ..config import RunConfig
     from ..io.storage import StorageEnv
-    from ..preview import make_preview
-    from ..store import store_info
+    from ..preview import make_preview, run_parameters
 
     overrides = dict(parse_override(s) for s in args.set)
     cfg = load_config(args.config, overrides)
     env = StorageEnv(cfg.storage)
-    info = store_info(args.store, env)
-    params = info.get("provenance", {}).get("parameters")
-    if params and not args.config and not args.set:
-        from ..config import RunConfig
-
-        cfg = RunConfig.model_validate(params)
+    if not args.config and not overrides:
+        params = run_parameters(args.store, env)
+        if params:  # the store remembers how it was made: same bands, scale and variable
+            cfg = RunConfig.model_validate({**params, "storage": cfg.storage.model_dump()})
     make_preview(args.input, args.store, args.png, cfg, env, crop=args.crop)
     print(args.png)
     return 0

@@ -73,13 +73,18 @@ class LatentSR(nn.Module):
         return self.spec.autoencoder.latent_channels
 
     def condition(self, lowres: torch.Tensor, latent_hw: tuple[int, int]) -> torch.Tensor:
+        """The denoiser's conditioning channels for low-res tiles, at latent size ``latent_hw``."""
         c = (lowres - self.spec.cond_offset) / self.spec.cond_scale
+        if self.spec.condition == "encoded_bilinear":  # LDSR-S2: a full autoencoder pass on an upsample
+            up = F.interpolate(c, scale_factor=self.spec.scale, mode="bilinear", align_corners=False)
+            return self.encode(up * self.spec.residual_scale) / self.spec.autoencoder.scaling_factor
         if tuple(c.shape[-2:]) != tuple(latent_hw):
             c = F.interpolate(c, size=latent_hw, mode="bilinear", align_corners=False)
         return c
 
     def encode(self, residual: torch.Tensor) -> torch.Tensor:
-        """High-res residual reflectance (B, C, sH, sW) -> scaled latent (B, L, sH/d, sW/d)."""
+        """High-res residual (or image, for ``target="image"``) reflectance (B, C, sH, sW) -> scaled latent
+        (B, L, sH/d, sW/d)."""
         x = residual / self.spec.residual_scale
         ae = self.autoencoder
         if self.spec.autoencoder.kind == "tiny":
@@ -90,7 +95,7 @@ class LatentSR(nn.Module):
         return z * self.spec.autoencoder.scaling_factor
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """Scaled latent -> high-res residual reflectance."""
+        """Scaled latent -> high-res residual (or image) reflectance."""
         z = z / self.spec.autoencoder.scaling_factor
         ae = self.autoencoder
         if self.spec.autoencoder.kind == "tiny":

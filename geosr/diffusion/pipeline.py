@@ -107,7 +107,8 @@ def super_resolve(model: LatentSR, lowres: torch.Tensor, origins: np.ndarray, *,
     b, c, h, w = lowres.shape
     if c != spec.bands:
         raise ConfigError(f"the model takes {spec.bands} bands; the input has {c}")
-    base = consistent_base(lowres, s, spec.base, "average", spec.base_iterations)
+    residual = getattr(spec, "target", "residual") == "residual"
+    base = consistent_base(lowres, s, spec.base, "average", spec.base_iterations) if residual else None
     f = spec.latent_per_lowres
     lh, lw = h * f, w * f
     cond = model.condition(lowres, (lh, lw))
@@ -134,7 +135,7 @@ def super_resolve(model: LatentSR, lowres: torch.Tensor, origins: np.ndarray, *,
                                       noise=noise, eta=options.eta)
     with torch.autocast(dev.type, dtype=amp, enabled=amp is not None):
         resid = model.decode(z0)
-    out = base + resid.float()
+    out = base + resid.float() if residual else resid.float()
     if options.projection:
         out = project(out, lowres, s, options.operator, options.projection_iterations)
     return out

@@ -89,6 +89,9 @@ class ModelSpec:
     cond_scale: float = 0.15
     base: str = "bicubic"  # base image the residual is added to (back-projected to the low-res input)
     base_iterations: int = 3  # back-projection iterations (block-average operator) applied to the base
+    target: str = "residual"  # what the autoencoder codes: "residual" over the base, or the "image" (LDSR-S2)
+    condition: str = "lowres"  # "lowres": the normalised tile at latent size; "encoded_bilinear": LDSR-S2's
+    #                            bilinear 4x upsample encoded by the autoencoder (posterior mode)
     autoencoder: AutoencoderSpec = field(default_factory=AutoencoderSpec)
     denoiser: DenoiserSpec = field(default_factory=DenoiserSpec)
     schedule: ScheduleSpec = field(default_factory=ScheduleSpec)
@@ -105,6 +108,10 @@ class ModelSpec:
                 f"scale={self.scale} is not a multiple of the autoencoder's downsampling "
                 f"{self.autoencoder.downsample}; change autoencoder.encoder_block_out_channels"
             )
+        if self.target not in ("residual", "image"):
+            raise ModelError(f"target={self.target!r}: choose residual or image")
+        if self.condition not in ("lowres", "encoded_bilinear"):
+            raise ModelError(f"condition={self.condition!r}: choose lowres or encoded_bilinear")
         if self.autoencoder.kind not in ("tiny", "kl"):
             raise ModelError(f"autoencoder.kind={self.autoencoder.kind!r}: choose tiny or kl")
 

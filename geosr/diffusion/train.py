@@ -128,6 +128,7 @@ class Trainer:
         self.opt_ae = torch.optim.AdamW(self.model.autoencoder.parameters(), lr=train.ae_lr, weight_decay=0.0)
         self.opt_dn = torch.optim.AdamW(self.model.denoiser.parameters(), lr=train.lr, weight_decay=0.0)
         self.log = log_fn or (lambda m: print(m, file=sys.stderr, flush=True))
+        self.losses: dict[str, list[float]] = {"autoencoder": [], "denoiser": []}  # this process's steps
         self._resume()
 
     # -- persistence ------------------------------------------------------------------------------------
@@ -220,6 +221,7 @@ class Trainer:
             torch.nn.utils.clip_grad_norm_(m.autoencoder.parameters(), 1.0)
             self.opt_ae.step()
             self.state["ae_step"] = step
+            self.losses["autoencoder"].append(float(loss.detach()))
             prog.update(step, float(loss.detach()))
             if step % cfg.checkpoint_every == 0 or step == cfg.ae_steps:
                 self.state["elapsed_s"] += time.perf_counter() - t0
@@ -285,6 +287,7 @@ class Trainer:
             self.opt_dn.step()
             self._ema_update(step)
             self.state["denoiser_step"] = step
+            self.losses["denoiser"].append(float(loss.detach()))
             extra = ""
             if step % cfg.val_every == 0 or step == cfg.denoiser_steps:
                 val = self.validate()

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import operator
 import os
 import threading
 from dataclasses import dataclass
@@ -45,6 +46,7 @@ SHA256_MAX_BYTES = 2 * 1024**3
 _MAX_BLOCKS_CHECKED = 250_000
 """Above this many (band, block) pairs the truncation check samples blocks instead of checking all."""
 
+
 @dataclass(frozen=True)
 class SourceMeta:
     """What the engine and the store need to know about an input scene (low-res, on-disk terms)."""
@@ -73,6 +75,13 @@ class SourceMeta:
 
 
 @dataclass(frozen=True)
+class _MaskPlan:
+    nodata: tuple[float | None, ...] | None  # per selected band: pixels equal to it are invalid
+    gdal_mask: bool  # apply GDAL's mask bands (internal mask, 2/4-band alpha, or nodata)
+    alpha_band: int | None  # an alpha band GDAL does not use as a mask: alpha == 0 is invalid
+
+
+@dataclass(frozen=True)
 class _ReadPlan:
     """Everything a fresh process needs to read windows like the original (no handles, no secrets)."""
 
@@ -81,8 +90,7 @@ class _ReadPlan:
     env: StorageEnv
     indexes: tuple[int, ...]
     radiometry: Radiometry
-    nodata: tuple[float | None, ...] | None  # per selected band: pixels equal to it are invalid
-    gdal_mask: bool  # also apply GDAL's mask (internal mask band, alpha band, or nodata)
+    mask: _MaskPlan
     check_finite: bool  # float data: NaN/inf are invalid
 
 
@@ -192,7 +200,7 @@ class RasterSource:
 
 def _check_range(name: str, span: tuple[int, int], n: int) -> tuple[int, int]:
     try:
-        a, b = (int(v) for v in span)
+        a, b = (operator.index(v) for v in span)
     except (TypeError, ValueError):
         raise ValueError(f"{name}={span!r}: expected a (start, stop) pair of integers") from None
     if not 0 <= a < b <= n:
@@ -204,13 +212,16 @@ def _read_window(ds: Any, window: Any, plan: _ReadPlan) -> tuple[np.ndarray, np.
     idx = list(plan.indexes)
     dn = ds.read(idx, window=window)
     valid = np.ones(dn.shape[1:], dtype=bool)
-    if plan.nodata is not None:
-        for band, nd in zip(dn, plan.nodata):
+    mask = plan.mask
+    if mask.nodata is not None:
+        for band, nd in zip(dn, mask.nodata):
             hit = _equals_nodata(band, nd)
             if hit is not None:
                 valid &= ~hit
-    if plan.gdal_mask:
+    if mask.gdal_mask:
         valid &= np.all(ds.read_masks(idx, window=window) > 0, axis=0)
+    if mask.alpha_band is not None:
+        valid &= ds.read(mask.alpha_band, window=window) > 0
     if plan.check_finite:
         valid &= np.all(np.isfinite(dn), axis=0)
     return dn, valid
@@ -250,7 +261,13 @@ def _gdal_message(exc: BaseException) -> str:
     return " ".join(text.split())
 
 
-_AUTH_MARKERS = ("403", "AccessDenied", "Access Denied", "InvalidAccessKeyId", "SignatureDoesNotMatch")
+_AUTH_MARKERS = (
+    "HTTP response code: 403",
+    "AccessDenied",
+    "Access Denied",
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+)
 _NETWORK_MARKERS = ("HTTP response code", "Couldn't connect", "Could not resolve", "timed out", "curl")
 
 
@@ -263,7 +280,9 @@ def _gdal_error(exc: BaseException, uri: str, doing: str) -> GeosrError:
                 f"{uri}: storage refused access while {doing} ({msg}); check the AWS credentials and endpoint"
             )
         if any(m in full for m in _NETWORK_MARKERS):
-            return InputError(f"{uri}: storage error while {doing} ({msg}); check storage.endpoint_url and the network")
+            return InputError(
+                f"{uri}: storage error while {doing} ({msg}); check storage.endpoint_url and the network"
+            )
     return NotARasterError(
         f"{uri} is corrupt or truncated: {doing} failed ({msg}); re-download or re-create the file"
     )
@@ -302,7 +321,7 @@ def _locate(uri: str, env: StorageEnv) -> _Located:
     if is_s3(uri):
         info = s3_object_info(uri, env)
         checksum = f"etag:{info.etag}" if info.etag else f"size:{info.size}"
-        return _Located(gdal_path=env.gdal_path(uri), size=info.size, checksum=checksum, remote=True)
+        return _Located(gdal_path=env.gdal_path(uri), size=info.size, checksum=checksum)
     if is_remote(uri):
         scheme = uri.split("://", 1)[0]
         raise InputError(f"{uri}: the {scheme}:// scheme is not supported; use a local path or s3://BUCKET/KEY")
@@ -365,7 +384,15 @@ def _select_bands(ds: Any, cfg: InputConfig, uri: str) -> tuple[int, ...]:
     n = ds.count
     names = _default_names(ds)
     if cfg.bands is None:
-        idx = tuple(i for i in range(1, n + 1) if ds.colorinterp[i - 1] != ColorInterp.alpha)
+        alpha = [i for i in range(1, n + 1) if ds.colorinterp[i - 1] == ColorInterp.alpha]
+        idx = tuple(i for i in range(1, n + 1) if i not in alpha)
+        if alpha and idx:
+            log.warning(
+                "%s: band(s) %s flagged as alpha are used as the valid mask, not as data; "
+                "list them in input.bands to read them as data",
+                uri,
+                alpha,
+            )
         return idx or tuple(range(1, n + 1))
     lowered: dict[str, list[int]] = {}
     for i, name in enumerate(names, start=1):
@@ -394,25 +421,31 @@ def _select_bands(ds: Any, cfg: InputConfig, uri: str) -> tuple[int, ...]:
     return tuple(chosen)
 
 
-def _mask_plan(ds: Any, indexes: tuple[int, ...], cfg: InputConfig) -> tuple[tuple[float | None, ...] | None, bool]:
-    """(per-band nodata values to compare against, whether to apply GDAL's mask too).
+def _mask_plan(ds: Any, indexes: tuple[int, ...], cfg: InputConfig) -> _MaskPlan:
+    """How to compute the valid mask for the selected bands.
 
     ``input.nodata`` replaces the file's nodata value but not an internal mask or alpha band; without
     an override, bands whose only mask is their nodata value are checked by value (no mask read).
+    GDAL only uses an alpha band as the mask of 2- and 4-band files, so any other unselected alpha
+    band is read and applied here.
     """
-    from rasterio.enums import MaskFlags
+    from rasterio.enums import ColorInterp, MaskFlags
 
+    alpha = [i for i in range(1, ds.count + 1) if ds.colorinterp[i - 1] == ColorInterp.alpha and i not in indexes]
     flags = [set(ds.mask_flag_enums[i - 1]) for i in indexes]
+    alpha_band = None
+    if alpha and not any(MaskFlags.alpha in f for f in flags):
+        alpha_band = alpha[0]
     if cfg.nodata is not None:
         nd = float(cfg.nodata)
         explicit_mask = any(f & {MaskFlags.per_dataset, MaskFlags.alpha} for f in flags)
-        return tuple(nd for _ in indexes), explicit_mask
+        return _MaskPlan(tuple(nd for _ in indexes), explicit_mask, alpha_band)
     if all(f == {MaskFlags.all_valid} for f in flags):
-        return None, False
+        return _MaskPlan(None, False, alpha_band)
     nodatavals = [ds.nodatavals[i - 1] for i in indexes]
     if all(MaskFlags.nodata in f for f in flags) and all(v is not None for v in nodatavals):
-        return tuple(float(v) for v in nodatavals), False
-    return None, True
+        return _MaskPlan(tuple(float(v) for v in nodatavals), False, alpha_band)
+    return _MaskPlan(None, True, alpha_band)
 
 
 def _first_nodata(ds: Any, indexes: tuple[int, ...]) -> float | None:
@@ -459,7 +492,9 @@ def _check_integrity(ds: Any, indexes: tuple[int, ...], size: int | None, uri: s
         ds.read_masks(idx, window=w)
 
 
-def _scene_checks(ds: Any, cfg: InputConfig, uri: str, located: _Located, env: StorageEnv) -> tuple[SourceMeta, _ReadPlan]:
+def _scene_checks(
+    ds: Any, cfg: InputConfig, uri: str, located: _Located, env: StorageEnv
+) -> tuple[SourceMeta, _ReadPlan]:
     if ds.count == 0:
         subs = list(getattr(ds, "subdatasets", []) or [])
         hint = f"open one of its subdatasets, e.g. {subs[0]}" if subs else "give a file with raster bands"
@@ -468,7 +503,9 @@ def _scene_checks(ds: Any, cfg: InputConfig, uri: str, located: _Located, env: S
     indexes = _select_bands(ds, cfg, uri)
     dtypes = {ds.dtypes[i - 1] for i in indexes}
     if len(dtypes) > 1:
-        raise InputError(f"{uri}: the selected bands have different data types {sorted(dtypes)}; select bands of one type")
+        raise InputError(
+            f"{uri}: the selected bands have different data types {sorted(dtypes)}; select bands of one type"
+        )
     dtype = dtypes.pop()
     radiometry = resolve_radiometry(
         cfg,
@@ -477,11 +514,11 @@ def _scene_checks(ds: Any, cfg: InputConfig, uri: str, located: _Located, env: S
         band_tags=[ds.tags(i) for i in indexes],
         uri=uri,
     )
-    nodata_values, gdal_mask = _mask_plan(ds, indexes, cfg)
-    if cfg.preset == "sentinel2-l2a" and nodata_values is None and not gdal_mask:
+    mask = _mask_plan(ds, indexes, cfg)
+    if cfg.preset == "sentinel2-l2a" and mask == _MaskPlan(None, False, None):
         log.info("%s: no nodata value or mask; using the Sentinel-2 L2A NO_DATA value 0", uri)
-        nodata_values = tuple(0.0 for _ in indexes)
-    nodata = nodata_values[0] if nodata_values else _first_nodata(ds, indexes)
+        mask = _MaskPlan(tuple(0.0 for _ in indexes), False, None)
+    nodata = mask.nodata[0] if mask.nodata else _first_nodata(ds, indexes)
     _check_integrity(ds, indexes, located.size, uri)
     names = _default_names(ds)
     meta = SourceMeta(
@@ -504,8 +541,7 @@ def _scene_checks(ds: Any, cfg: InputConfig, uri: str, located: _Located, env: S
         env=env,
         indexes=indexes,
         radiometry=radiometry,
-        nodata=nodata_values,
-        gdal_mask=gdal_mask,
+        mask=mask,
         check_finite=dtype.startswith("float"),
     )
     return meta, plan

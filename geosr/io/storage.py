@@ -175,6 +175,12 @@ def _s3_client(config: StorageConfig) -> Any:
         raise _profile_error(config) from None
 
 
+_REFUSED_CREDENTIALS = frozenset(
+    {"InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken", "TokenRefreshRequired"}
+)
+_DENIED = frozenset({"AccessDenied", "403", "Forbidden", "AllAccessDisabled"})
+
+
 def _s3_error(exc: BaseException, uri: str, config: StorageConfig, *, client: Any = None) -> Exception:
     """Map a botocore exception met while accessing ``uri`` to a typed geosr error (one line)."""
     from botocore.exceptions import (
@@ -204,21 +210,26 @@ def _s3_error(exc: BaseException, uri: str, config: StorageConfig, *, client: An
         err = exc.response.get("Error", {})
         code = str(err.get("Code", ""))
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-        bucket, key = split_s3_uri(uri)
-        if code in ("NoSuchBucket",):
-            return BucketNotFoundError(f"bucket {bucket!r} does not exist at {where}; check the URI or create the bucket")
+        bucket, _ = split_s3_uri(uri)
+        no_bucket = f"bucket {bucket!r} does not exist at {where}; check the URI or create the bucket"
+        if code == "NoSuchBucket":
+            return BucketNotFoundError(no_bucket)
         if code in ("NoSuchKey", "404", "NotFound") or status == 404:
             if client is not None and not _bucket_exists(client, bucket):
-                return BucketNotFoundError(
-                    f"bucket {bucket!r} does not exist at {where}; check the URI or create the bucket"
-                )
+                return BucketNotFoundError(no_bucket)
             return InputNotFoundError(f"{uri} does not exist; check the key (object name) and the bucket")
-        if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken", "TokenRefreshRequired"):
+        if code in _REFUSED_CREDENTIALS:
             return StorageAuthError(
                 f"{where} refused the AWS credentials ({code}) reading {uri}; check AWS_ACCESS_KEY_ID/"
                 "AWS_SECRET_ACCESS_KEY or the profile, and storage.endpoint_url"
             )
-        if code in ("AccessDenied", "403", "Forbidden", "AllAccessDisabled") or status == 403:
+        denied = code in _DENIED or status == 403
+        if denied and config.anon:
+            return StorageAuthError(
+                f"anonymous access to {uri} at {where} was denied (HTTP 403): the bucket is not public; "
+                "unset storage.anon and provide AWS credentials"
+            )
+        if denied:
             return StorageAuthError(
                 f"access denied to {uri} at {where} (HTTP 403); check the AWS credentials and that they may read "
                 "this bucket"

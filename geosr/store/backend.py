@@ -144,10 +144,13 @@ class StoreLocation:
         if not self.remote:
             return LocalStore(self.root, read_only=read_only)
         fs = self.fs
-        if getattr(fs, "async_impl", False) and not getattr(fs, "asynchronous", False):
-            fs = type(fs)(asynchronous=True, **fs.storage_options)
+        if getattr(fs, "async_impl", False):
+            # zarr needs an asynchronous instance; without a listings cache, so that it never sees a
+            # stale listing of objects another worker (or an overwrite) added or deleted
+            opts = {**fs.storage_options, "asynchronous": True, "use_listings_cache": False}
+            fs = type(fs)(**opts)
         if not getattr(fs, "async_impl", False):
-            from zarr.storage._fsspec import AsyncFileSystemWrapper
+            from fsspec.implementations.asyn_wrapper import AsyncFileSystemWrapper
 
             fs = AsyncFileSystemWrapper(fs)
         return FsspecStore(fs, read_only=read_only, path=self.root)

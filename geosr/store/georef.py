@@ -69,6 +69,12 @@ def crs_name(wkt: str) -> str:
     return _crs(wkt).name
 
 
+def crs_units(wkt: str) -> str | None:
+    """Unit of the CRS's first axis (e.g. "metre", "degree")."""
+    axes = _crs(wkt).axis_info
+    return axes[0].unit_name if axes else None
+
+
 def gdal_geotransform(transform: tuple[float, ...]) -> str:
     """rasterio (a, b, c, d, e, f) -> GDAL's "c a b f d e" string (``GeoTransform`` attribute)."""
     a, b, c, d, e, f = transform

@@ -25,7 +25,7 @@ from .encode import UINT16_NODATA
 from .spec import OutputSpec
 
 SMALLEST_CHUNK = 256  # in-block levels stop when their chunk would fall below min(chunk, this)
-TAIL_WINDOW = 2048  # finalize reduces tail levels in windows of about this many px (bounded memory)
+TAIL_WINDOW = 1024  # finalize writes tail levels in windows of about this many px (bounded memory)
 
 
 @dataclass(frozen=True)
@@ -97,32 +97,41 @@ def downsample2(raw: np.ndarray, dtype: str) -> np.ndarray:
 
     uint16: integer mean rounded half up (always within [1, 65535] when any pixel is valid), 0 when no
     pixel is valid. float32: mean in float64 cast to float32, NaN when no pixel is valid. The four
-    terms are added in a fixed order, so the result does not depend on the array's extent or layout."""
+    terms are added in a fixed order, so the result does not depend on the array's extent or layout.
+    Works one band at a time to bound scratch memory."""
     c, h, w = raw.shape
     h2, w2 = math.ceil(h / 2), math.ceil(w / 2)
+    out = np.empty((c, h2, w2), dtype=np.uint16 if dtype == "uint16" else np.float32)
     fill = UINT16_NODATA if dtype == "uint16" else np.nan
-    if (h % 2) or (w % 2):
-        padded = np.full((c, 2 * h2, 2 * w2), fill, dtype=raw.dtype)
-        padded[:, :h, :w] = raw
-        raw = padded
-    cells = (raw[:, 0::2, 0::2], raw[:, 0::2, 1::2], raw[:, 1::2, 0::2], raw[:, 1::2, 1::2])
-    if dtype == "uint16":
-        total = np.zeros((c, h2, w2), dtype=np.int64)
-        count = np.zeros((c, h2, w2), dtype=np.int64)
-        for v in cells:
-            total += v
-            count += v != UINT16_NODATA
-        out = (2 * total + count) // np.maximum(2 * count, 1)
-        return out.astype(np.uint16)
-    total = np.zeros((c, h2, w2), dtype=np.float64)
-    count = np.zeros((c, h2, w2), dtype=np.int64)
+    for b in range(c):
+        band = raw[b]
+        if (h % 2) or (w % 2):
+            padded = np.full((2 * h2, 2 * w2), fill, dtype=raw.dtype)
+            padded[:h, :w] = band
+            band = padded
+        cells = (band[0::2, 0::2], band[0::2, 1::2], band[1::2, 0::2], band[1::2, 1::2])
+        out[b] = _mean_uint16(cells) if dtype == "uint16" else _mean_float(cells)
+    return out
+
+
+def _mean_uint16(cells: tuple[np.ndarray, ...]) -> np.ndarray:
+    total = np.zeros(cells[0].shape, dtype=np.int32)  # at most 4 * 65535
+    count = np.zeros(cells[0].shape, dtype=np.int32)
+    for v in cells:
+        total += v
+        count += v != UINT16_NODATA
+    return ((2 * total + count) // np.maximum(2 * count, 1)).astype(np.uint16)
+
+
+def _mean_float(cells: tuple[np.ndarray, ...]) -> np.ndarray:
+    total = np.zeros(cells[0].shape, dtype=np.float64)
+    count = np.zeros(cells[0].shape, dtype=np.int32)
     for v in cells:
         ok = ~np.isnan(v)
         total += np.where(ok, v, 0.0)
         count += ok
     with np.errstate(invalid="ignore", divide="ignore"):
-        out = np.where(count > 0, total / count, np.nan)
-    return out.astype(np.float32)
+        return np.where(count > 0, total / count, np.nan).astype(np.float32)
 
 
 def block_pyramid(raw0: np.ndarray, levels: tuple[Level, ...], dtype: str) -> Iterator[tuple[Level, np.ndarray]]:

@@ -16,7 +16,7 @@ import pystac
 from pystac.extensions.projection import ProjectionExtension
 
 from ..io.storage import StorageEnv
-from .backend import StoreLocation
+from .backend import StoreLocation, storage_errors
 from .encode import nodata
 from .georef import bbox as native_bbox
 from .georef import crs_code, crs_wkt2
@@ -50,7 +50,7 @@ def footprint(spec: OutputSpec) -> tuple[list[float], dict[str, Any]]:
         for k in range(n):
             ring.append((x0 + (x1 - x0) * k / n, y0 + (y1 - y0) * k / n))
     lon, lat = t.transform([p[0] for p in ring], [p[1] for p in ring])
-    coords = [[float(a), float(b)] for a, b in zip(lon, lat)]
+    coords = [[round(float(a), 8), round(float(b), 8)] for a, b in zip(lon, lat)]
     coords.append(coords[0])
     box = [min(c[0] for c in coords), min(c[1] for c in coords), max(c[0] for c in coords), max(c[1] for c in coords)]
     return box, {"type": "Polygon", "coordinates": [coords]}
@@ -108,11 +108,14 @@ def write_stac_item(uri: str, env: StorageEnv, item: pystac.Item) -> str:
 def read_stac_item(uri: str, env: StorageEnv) -> pystac.Item | None:
     """The Item beside store ``uri``, or None when there is none."""
     loc = StoreLocation(stac_item_uri(uri), env)
-    try:
-        data = loc.fs.cat_file(loc.root)
-    except FileNotFoundError:
-        return None
-    return pystac.Item.from_dict(json.loads(data))
+    with storage_errors(loc.uri, "read"):
+        try:
+            data = loc.fs.cat_file(loc.root)
+        except FileNotFoundError:
+            return None
+    item = pystac.Item.from_dict(json.loads(data))
+    item.set_self_href(loc.uri)
+    return item
 
 
 def _centroid(spec: OutputSpec, x: float, y: float) -> dict[str, float]:

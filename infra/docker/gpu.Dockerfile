@@ -43,6 +43,8 @@ RUN uv python install "${PYTHON_VERSION}" && uv venv --python "${PYTHON_VERSION}
 COPY requirements/cpu.txt requirements/gpu.txt /tmp/req/
 RUN uv pip install --index-url "${TORCH_INDEX_URL}" --extra-index-url https://pypi.org/simple \
         --index-strategy unsafe-best-match --constraint /tmp/req/cpu.txt "torch==${TORCH_VERSION}+${TORCH_CUDA}"
+# Separate layer on purpose: torch changes far less often than the rest of the pins.
+# hadolint ignore=DL3059
 RUN uv pip install --requirement /tmp/req/gpu.txt
 # geosr itself, without re-resolving anything (every dependency is pinned above).
 COPY pyproject.toml README.md /src/

@@ -168,6 +168,8 @@ def make_geotiff(
         "dtype": dtype,
         "transform": transform,
         "interleave": interleave,
+        # GDAL would otherwise call a 4th uint8 band alpha (RGBA): here bands are data unless mask="alpha"
+        "photometric": "MINISBLACK",
     }
     if crs is not None:
         profile["crs"] = crs

@@ -1,0 +1,412 @@
+"""A scene lease: at most one run computes a scene at a time, across machines, with no lock server.
+
+The lease is a small JSON object beside the store (``scene.zarr`` -> ``scene.lease.json``) holding the
+owner, its host and pid, and an expiry. It is taken with a conditional create (S3 ``If-None-Match: *``;
+``O_EXCL`` on local disk), renewed by the holder every ``ttl/3`` seconds with a compare-and-swap on the
+object's ETag (``If-Match``), and deleted on release only if it is still ours. A lease that expired
+(its holder died or lost the network) is taken over with the same compare-and-swap, so two runs
+racing for an expired lease cannot both win; a lease held by a process on this host that no longer
+exists is taken over at once.
+
+Every write is verified by reading it back, so a backend that ignores the conditional headers is
+caught at the next renewal at the latest: the run that finds someone else's lease stops. Even then no
+data can be corrupted: every block's bytes are a pure function of the input and parameters, so two
+runs that both write a block write the same bytes, and a block is marked done only after its chunks
+are stored. The lease saves duplicate GPU work; the deterministic block writes are what make the store
+safe.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from typing import Any, Iterator
+
+from ..io.storage import StorageEnv, is_remote, strip_protocol
+from .errors import LeaseLostError, SceneLockedError
+from .retry import is_transient
+
+log = logging.getLogger(__name__)
+
+
+def lease_uri(output_uri: str) -> str:
+    """``.../scene.zarr`` -> ``.../scene.lease.json`` (beside the store, like its STAC item)."""
+    u = str(output_uri).rstrip("/")
+    return (u[: -len(".zarr")] if u.endswith(".zarr") else u) + ".lease.json"
+
+
+@dataclass(frozen=True)
+class LeaseRecord:
+    owner: str
+    host: str
+    pid: int
+    label: str
+    acquired: float
+    expires: float
+
+    def to_bytes(self) -> bytes:
+        return json.dumps(asdict(self), sort_keys=True).encode()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> LeaseRecord | None:
+        try:
+            d = json.loads(data)
+            return cls(str(d["owner"]), str(d["host"]), int(d["pid"]), str(d.get("label", "")),
+                       float(d["acquired"]), float(d["expires"]))
+        except (ValueError, KeyError, TypeError):
+            return None  # half-written or foreign: treated as expired
+
+    def stale(self, now: float) -> bool:
+        """Expired, or held by a process of this host that no longer runs."""
+        if now >= self.expires:
+            return True
+        if self.host == socket.gethostname() and self.pid != os.getpid():
+            try:
+                os.kill(self.pid, 0)
+            except ProcessLookupError:
+                return True
+            except PermissionError:
+                return False
+        return False
+
+
+class _Backend:
+    """Conditional object operations; ``token`` is an ETag (S3) or a content hash (local)."""
+
+    def create(self, data: bytes) -> str | None: ...
+    def read(self) -> tuple[bytes, str] | None: ...
+    def replace(self, data: bytes, token: str) -> str | None: ...
+    def delete(self, token: str) -> bool: ...
+
+
+def _precondition_failed(exc: BaseException) -> bool:
+    e: BaseException | None = exc
+    for _ in range(8):
+        if e is None:
+            break
+        resp = getattr(e, "response", None)
+        if isinstance(resp, dict):
+            code = str(resp.get("Error", {}).get("Code", ""))
+            if code in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409"):
+                return True
+        text = str(e).lower()
+        if "precondition" in text or "pre-condition" in text:
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
+class _S3Backend(_Backend):
+    def __init__(self, uri: str, env: StorageEnv) -> None:
+        self.fs = env.filesystem(uri)
+        self.path = strip_protocol(uri)
+        self.bucket, self.key = self.path.split("/", 1)
+
+    def create(self, data: bytes) -> str | None:
+        try:
+            resp = self.fs.pipe_file(self.path, data, mode="create")
+        except (OSError, ValueError) as e:
+            if _precondition_failed(e) or isinstance(e, FileExistsError):
+                return None
+            raise
+        return self._etag(resp)
+
+    def read(self) -> tuple[bytes, str] | None:
+        # ETag before and after the body: equal means the body belongs to that ETag
+        for _ in range(5):
+            try:
+                before = self.fs.info(self.path, refresh=True)["ETag"]
+                data = self.fs.cat_file(self.path)
+                after = self.fs.info(self.path, refresh=True)["ETag"]
+            except FileNotFoundError:
+                return None
+            if before == after:
+                return data, before
+        return None
+
+    def replace(self, data: bytes, token: str) -> str | None:
+        try:
+            resp = self.fs.pipe_file(self.path, data, IfMatch=token)
+        except (OSError, ValueError) as e:
+            if _precondition_failed(e) or isinstance(e, FileNotFoundError):
+                return None
+            raise
+        return self._etag(resp)
+
+    def delete(self, token: str) -> bool:
+        try:
+            self.fs.call_s3("delete_object", Bucket=self.bucket, Key=self.key, IfMatch=token)
+        except (OSError, ValueError) as e:
+            if _precondition_failed(e):
+                return False
+            if isinstance(e, FileNotFoundError):
+                return True
+            raise
+        finally:
+            self.fs.invalidate_cache(self.path)
+        return True
+
+    def _etag(self, resp: Any) -> str:
+        self.fs.invalidate_cache(self.path)
+        etag = resp.get("ETag") if isinstance(resp, dict) else None
+        return etag or self.fs.info(self.path, refresh=True)["ETag"]
+
+
+class _LocalBackend(_Backend):
+    """Local or network filesystem: O_EXCL create; replace/delete under an ``flock`` on a guard file."""
+
+    def __init__(self, path: str) -> None:
+        self.path = os.path.abspath(path)
+        self.guard = self.path + ".guard"
+
+    @staticmethod
+    def _token(data: bytes) -> str:
+        return hashlib.sha256(data).hexdigest()
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        with open(self.guard, "a+b") as g:
+            fcntl.flock(g.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(g.fileno(), fcntl.LOCK_UN)
+
+    def create(self, data: bytes) -> str | None:
+        with self._locked():
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                return None
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+        return self._token(data)
+
+    def read(self) -> tuple[bytes, str] | None:
+        try:
+            with open(self.path, "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            return None
+        return data, self._token(data)
+
+    def replace(self, data: bytes, token: str) -> str | None:
+        with self._locked():
+            cur = self.read()
+            if cur is None or cur[1] != token:
+                return None
+            tmp = f"{self.path}.tmp-{uuid.uuid4().hex}"
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
+        return self._token(data)
+
+    def delete(self, token: str) -> bool:
+        with self._locked():
+            cur = self.read()
+            if cur is None:
+                return True
+            if cur[1] != token:
+                return False
+            os.unlink(self.path)
+        return True
+
+
+def _backend(uri: str, env: StorageEnv) -> _Backend:
+    if is_remote(uri):
+        if not str(uri).startswith(("s3://", "s3a://")):
+            raise ValueError(f"{uri}: scene leases support local paths and s3:// only")
+        return _S3Backend(uri, env)
+    return _LocalBackend(strip_protocol(uri))
+
+
+class SceneLease:
+    """The lease of one output store. Use :meth:`hold` (a context manager) rather than the pieces."""
+
+    def __init__(self, output_uri: str, env: StorageEnv, *, ttl: float = 120.0, label: str = "",
+                 poll: float = 2.0) -> None:
+        if ttl <= 0:
+            raise ValueError(f"lease ttl={ttl}: must be positive")
+        self.output_uri = output_uri
+        self.uri = lease_uri(output_uri)
+        self.ttl = float(ttl)
+        self.poll = poll
+        self.label = label
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+        self._backend = _backend(self.uri, env)
+        self._token: str | None = None
+        self._lost = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._expires = 0.0
+        self._mutex = threading.Lock()
+
+    # -- pieces ------------------------------------------------------------------------------------
+    def _record(self, now: float) -> LeaseRecord:
+        return LeaseRecord(self.owner, socket.gethostname(), os.getpid(), self.label, now, now + self.ttl)
+
+    def _verify(self, token: str) -> bool:
+        cur = self._backend.read()
+        if cur is None:
+            return False
+        rec = LeaseRecord.from_bytes(cur[0])
+        return rec is not None and rec.owner == self.owner
+
+    def try_acquire(self) -> LeaseRecord | None:
+        """Take the lease if it is free or stale. Returns None on success, else the current holder's record."""
+        now = time.time()
+        rec = self._record(now)
+        token = self._backend.create(rec.to_bytes())
+        if token is None:
+            cur = self._backend.read()
+            if cur is None:
+                return self.try_acquire_once_more()
+            held = LeaseRecord.from_bytes(cur[0])
+            if held is not None and held.owner == self.owner:
+                token = cur[1]
+            elif held is not None and not held.stale(now):
+                return held
+            else:
+                log.warning("taking over the stale lease of %s (%s)", self.output_uri,
+                            f"held by {held.owner}, expired" if held else "unreadable")
+                token = self._backend.replace(rec.to_bytes(), cur[1])
+                if token is None:
+                    return self._holder() or held
+        if not self._verify(token):
+            return self._holder()
+        with self._mutex:
+            self._token, self._expires = token, rec.expires
+            self._lost.clear()
+        return None
+
+    def try_acquire_once_more(self) -> LeaseRecord | None:
+        # the lease vanished between our create and read (released meanwhile): one more try
+        rec = self._record(time.time())
+        token = self._backend.create(rec.to_bytes())
+        if token is None or not self._verify(token):
+            return self._holder()
+        with self._mutex:
+            self._token, self._expires = token, rec.expires
+            self._lost.clear()
+        return None
+
+    def _holder(self) -> LeaseRecord | None:
+        cur = self._backend.read()
+        rec = LeaseRecord.from_bytes(cur[0]) if cur else None
+        return rec or LeaseRecord("unknown", "", 0, "", 0.0, time.time() + self.poll)
+
+    def acquire(self, wait: float = 0.0) -> None:
+        """Take the lease, waiting up to ``wait`` seconds while another live run holds it
+        (:class:`SceneLockedError` after that)."""
+        deadline = time.monotonic() + max(0.0, wait)
+        announced = False
+        while True:
+            try:
+                holder = self.try_acquire()
+            except Exception as e:
+                if not is_transient(e) or time.monotonic() >= deadline:
+                    raise
+                log.warning("taking the lease of %s failed (%s); retrying", self.output_uri, e)
+                time.sleep(self.poll)
+                continue
+            if holder is None:
+                log.info("holding the lease of %s (%s)", self.output_uri, self.owner)
+                return
+            if time.monotonic() >= deadline:
+                raise SceneLockedError(
+                    f"{self.output_uri} is being processed by another run ({holder.label or holder.owner} on "
+                    f"{holder.host}, lease until {time.strftime('%H:%M:%S', time.localtime(holder.expires))}); "
+                    f"wait for it, or delete {self.uri} if that run is gone"
+                )
+            if not announced:
+                log.info("%s is being processed by %s; waiting", self.output_uri, holder.label or holder.owner)
+                announced = True
+            time.sleep(min(self.poll, max(0.05, deadline - time.monotonic())))
+
+    def renew(self) -> bool:
+        """Extend the lease; False (and :attr:`lost`) when someone else holds it now."""
+        with self._mutex:
+            token = self._token
+        if token is None or self._lost.is_set():
+            return False
+        now = time.time()
+        rec = self._record(now)
+        new = self._backend.replace(rec.to_bytes(), token)
+        if new is None or not self._verify(new):
+            log.error("lost the lease of %s: another run took it over", self.output_uri)
+            self._lost.set()
+            return False
+        with self._mutex:
+            self._token, self._expires = new, rec.expires
+        return True
+
+    def release(self) -> None:
+        with self._mutex:
+            token, self._token = self._token, None
+        if token is None or self._lost.is_set():
+            return
+        if not self._backend.delete(token):
+            log.warning("did not delete the lease of %s: it is not ours any more", self.output_uri)
+
+    @property
+    def lost(self) -> bool:
+        return self._lost.is_set()
+
+    def check(self) -> None:
+        """Raise :class:`LeaseLostError` if the lease was lost (call between units of work)."""
+        if self._lost.is_set():
+            raise LeaseLostError(
+                f"lost the lease of {self.output_uri} (it expired and another run took it over); this run stops, "
+                "the other one finishes the scene"
+            )
+
+    # -- heartbeat ----------------------------------------------------------------------------------
+    def _beat(self) -> None:
+        interval = self.ttl / 3.0
+        while not self._stop.wait(interval):
+            try:
+                if not self.renew():
+                    return
+            except Exception as e:  # storage hiccup: keep the lease until it would expire
+                if not is_transient(e):
+                    log.error("cannot renew the lease of %s: %s", self.output_uri, e)
+                else:
+                    log.warning("renewing the lease of %s failed (%s); retrying", self.output_uri, e)
+                with self._mutex:
+                    expired = time.time() >= self._expires
+                if expired:
+                    log.error("the lease of %s expired while storage was unreachable", self.output_uri)
+                    self._lost.set()
+                    return
+
+    @contextmanager
+    def hold(self, wait: float = 0.0) -> Iterator[SceneLease]:
+        """Acquire (waiting up to ``wait`` s), keep renewing in a background thread, release on exit."""
+        self.acquire(wait)
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._beat, name=f"geosr-lease-{self.owner[-6:]}", daemon=True)
+        self._thread.start()
+        try:
+            yield self
+        finally:
+            self._stop.set()
+            self._thread.join(timeout=self.ttl)
+            try:
+                self.release()
+            except Exception as e:  # the lease expires by itself; never mask the run's own outcome
+                log.warning("could not release the lease of %s (%s); it expires in %.0f s", self.output_uri, e,
+                            self.ttl)

@@ -1,0 +1,48 @@
+"""The benchmark scripts' logic, on CPU with tiny configs."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "bench" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_s2_window_count():
+    assert _load("gpu").windows_per_s2_tile(128, 12) == 9025
+
+
+def test_gpu_bench_quick_on_cpu(tmp_path, capsys):
+    out = tmp_path / "b.json"
+    assert _load("gpu").main(["--device", "cpu", "--quick", "--no-baseline", "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    rows = res["rows"]
+    assert {(r["batch"], r["steps"]) for r in rows} == {(1, 1), (1, 2), (2, 1), (2, 2)}
+    for r in rows:
+        assert r["ms_per_tile"] > 0 and r["tiles_per_s"] == pytest.approx(1000 / r["ms_per_tile"])
+        assert r["min_per_s2_tile"] == pytest.approx(r["ms_per_tile"] * 9025 / 60000)
+    assert "| geosr ldm |" in capsys.readouterr().out
+
+
+def test_model_cpu_bench_table(tmp_path, capsys):
+    from geosr.diffusion.model import LatentSR
+    from geosr.diffusion.weights_io import save_model
+
+    gpu = _load("gpu")
+    d = save_model(LatentSR(gpu.tiny_spec()), tmp_path / "m")
+    out = tmp_path / "c.json"
+    assert _load("model_cpu").main(["--weights", str(d), "--tiles", "16", "--steps", "1", "2", "--batch", "2",
+                                    "--threads", "1", "--repeat", "1", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())
+    assert [(r["method"], r["steps"]) for r in rows] == [("bicubic", 0), ("ldm", 1), ("ldm", 2)]
+    assert "| ldm | 1 | 16 -> 64 | 2 |" in capsys.readouterr().out

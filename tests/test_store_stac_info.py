@@ -1,0 +1,140 @@
+"""The STAC item beside a finished store, and ``geosr info``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pystac
+import pytest
+from pyproj import CRS, Transformer
+from pystac.extensions.projection import ProjectionExtension
+from pystac.validation import validate_dict
+
+from geosr.cli import main
+from geosr.io.storage import StorageEnv
+from geosr.store import OutputSpec, ZarrOutput, stac_item_uri
+from geosr.store.stac import read_stac_item
+
+ENV = StorageEnv()
+SPEC = OutputSpec(shape=(3, 520, 600), chunk=128, block=256, band_names=("B02", "B03", "B04"),
+                  crs_wkt=CRS.from_epsg(32633).to_wkt(), transform=(2.5, 0.0, 500000.0, 0.0, -2.5, 5000000.0))
+PROVENANCE = {"input_uri": "s3://in/S2A_T33TWM.tif", "input_checksum": '"etag-42"', "geosr_version": "0.1.0",
+              "model": {"name": "bicubic", "version": "1"}, "config_hash": "c0ffee", "plan_hash": "plan-9",
+              "start_time": "2024-06-02T08:00:00+00:00", "end_time": "2024-06-02T08:05:00+00:00",
+              "datetime": "2024-06-01T10:20:30Z", "metrics": {"seam_metric": 0.01}}
+
+
+def write_store(path: Path, spec: OutputSpec = SPEC, blocks: int | None = None, finalize: bool = True) -> ZarrOutput:
+    out = ZarrOutput.create(str(path), spec, ENV, "plan-9")
+    rng = np.random.default_rng(1)
+    for b in list(spec.blocks())[:blocks]:
+        h, w = b.shape
+        out.write_block(b, rng.uniform(0, 0.5, (spec.bands, h, w)).astype(np.float32), np.ones((h, w), bool))
+        out.mark_done(b, {})
+    if finalize:
+        out.finalize(PROVENANCE)
+    return out
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("stac") / "scene.zarr"
+    write_store(path)
+    return path
+
+
+def test_item_uri_is_beside_the_store():
+    assert stac_item_uri("s3://b/out/scene.zarr") == "s3://b/out/scene.stac-item.json"
+    assert stac_item_uri("/data/scene.zarr/") == "/data/scene.stac-item.json"
+    assert stac_item_uri("/data/scene") == "/data/scene.stac-item.json"
+
+
+def test_stac_item_lies_beside_the_store_with_projection_fields(store):
+    item_path = store.parent / "scene.stac-item.json"
+    assert item_path.is_file()
+    item = pystac.Item.from_file(str(item_path))
+    assert item.id == "scene"
+    assert item.datetime.isoformat() == "2024-06-01T10:20:30+00:00"
+    proj = ProjectionExtension.ext(item)
+    assert proj.code == "EPSG:32633" and proj.epsg == 32633
+    assert CRS.from_wkt(proj.wkt2) == CRS.from_epsg(32633)
+    assert proj.shape == [520, 600]
+    assert proj.transform == list(SPEC.transform)
+    assert proj.bbox == [500000.0, 5000000.0 - 1300.0, 501500.0, 5000000.0]
+    # bbox/geometry in EPSG:4326 enclose the corners of the output, transformed independently
+    t = Transformer.from_crs(32633, 4326, always_xy=True)
+    for x, y in [(500000.0, 5000000.0), (501500.0, 4998700.0), (501500.0, 5000000.0), (500000.0, 4998700.0)]:
+        lon, lat = t.transform(x, y)
+        assert item.bbox[0] - 1e-7 <= lon <= item.bbox[2] + 1e-7 and item.bbox[1] - 1e-7 <= lat <= item.bbox[3] + 1e-7
+    ring = item.geometry["coordinates"][0]
+    assert item.geometry["type"] == "Polygon" and ring[0] == ring[-1] and len(ring) > 5
+    assert proj.centroid["lat"] == pytest.approx(45.147, abs=1e-3) and proj.centroid["lon"] == pytest.approx(15.0095, abs=1e-3)
+    asset = item.assets["data"]
+    assert asset.href == str(store) and asset.media_type == "application/vnd+zarr" and asset.roles == ["data"]
+    assert [b["name"] for b in asset.extra_fields["bands"]] == ["B02", "B03", "B04"]
+    assert item.properties["geosr:plan_hash"] == "plan-9" and item.properties["geosr:model"] == "bicubic"
+    assert read_stac_item(str(store), ENV).to_dict() == item.to_dict()
+
+
+def test_stac_item_validates_against_the_core_item_schema_offline(store):
+    doc = json.loads((store.parent / "scene.stac-item.json").read_text())
+    doc["stac_extensions"] = []  # extension schemas are remote; the core schema ships with pystac
+    assert validate_dict(doc) == ["https://schemas.stacspec.org/v1.1.0/item-spec/json-schema/item.json"]
+
+
+def test_stac_item_validates_against_the_projection_extension_schema(store):
+    from pystac.validation.stac_validator import GetSchemaError
+
+    item = pystac.Item.from_file(str(store.parent / "scene.stac-item.json"))
+    try:
+        validated = item.validate()
+    except GetSchemaError:
+        pytest.skip("the projection extension schema is fetched from stac-extensions.github.io (offline here)")
+    assert any("projection" in s for s in validated)
+
+
+def test_finalize_without_stac_writes_no_item(tmp_path):
+    out = write_store(tmp_path / "nostac.zarr", finalize=False)
+    out.finalize(PROVENANCE, stac=False)
+    assert not (tmp_path / "nostac.stac-item.json").exists()
+    assert out.is_complete()
+
+
+def test_info_prints_geometry_encoding_overviews_completeness_and_provenance(store, capsys):
+    assert main(["info", str(store)]) == 0
+    lines = dict(line.split(":", 1) for line in capsys.readouterr().out.splitlines())
+    info = {k.strip(): v.strip() for k, v in lines.items()}
+    assert info["store"] == f"{store} (Zarr v2, variable 'reflectance')"
+    assert info["state"] == "complete: 9/9 blocks done"
+    assert info["shape"] == "3 bands x 520 rows x 600 columns"
+    assert info["dtype"].startswith("uint16 (uint16 = round(reflectance * 10000)")
+    assert info["crs"] == "EPSG:32633 (WGS 84 / UTM zone 33N)"
+    assert info["resolution"] == "2.5 x 2.5 metre"
+    assert info["bounds"] == "500000, 4998700, 501500, 5000000"
+    assert info["bands"] == "B02, B03, B04"
+    assert info["chunks"] == "1 x 128 x 128, zstd level 3"
+    assert info["overviews"] == "2 levels: 1: 260 x 300, 2: 130 x 150"
+    assert info["input"] == "s3://in/S2A_T33TWM.tif" and info["checksum"] == '"etag-42"'
+    assert info["model"] == "bicubic" and info["model version"] == "1" and info["plan hash"] == "plan-9"
+    assert info["stac item"] == str(store.parent / "scene.stac-item.json")
+
+
+def test_info_json_for_an_incomplete_store(tmp_path, capsys):
+    spec = OutputSpec(**{**SPEC.to_dict(), "zarr_format": 3, "shard": 256, "block": 512, "dtype": "float32"})
+    write_store(tmp_path / "half.zarr", spec, blocks=1, finalize=False)
+    assert main(["info", str(tmp_path / "half.zarr"), "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["state"] == "incomplete" and d["blocks"] == {"done": 1, "total": 4, "size": 512}
+    assert d["shape"] == [3, 520, 600] and d["dtype"] == "float32" and d["nodata"] == "nan"
+    assert d["chunks"] == [1, 128, 128] and d["shards"] == [3, 256, 256] and d["zarr_format"] == 3
+    assert d["crs"]["code"] == "EPSG:32633" and d["resolution"] == [2.5, 2.5]
+    assert [o["written"] for o in d["overviews"]] == ["per block", "per block"]
+    assert d["provenance"]["plan_hash"] == "plan-9" and d["stac_item"] is None
+
+
+def test_info_on_a_path_without_a_store_fails_with_one_line(tmp_path, capsys):
+    assert main(["info", str(tmp_path / "missing.zarr")]) == 2
+    err = capsys.readouterr().err
+    assert "not a geosr output store" in err and err.count("\n") == 1
