@@ -61,14 +61,31 @@ class BlockBlender:
             t = t.astype(np.float32)
         covered = self._covered[by, bx]
         ref = self._ref[:, by, bx]
-        if not covered.all():
-            new = ~covered
-            ref[:, new] = t[:, new]
-            covered[new] = True
-        w = np.multiply.outer(self._wy[ky][ty], self._wx[kx][tx])
-        diff = t - ref
-        diff *= w
-        self._acc[:, by, bx] += diff
+        acc = self._acc[:, by, bx]
+        wy, wx = self._wy[ky][ty], self._wx[kx][tx]
+        # Pixels no earlier tile covered take this tile as their reference and get nothing added
+        # (t - ref == 0 there), so the weighted difference is only computed where earlier tiles were.
+        # In global (row-major) order that is a band of full rows on top plus a rectangle on the left;
+        # found from the mask itself, so any grid layout stays exact.
+        full_rows = covered.all(axis=1)
+        r = int(np.argmin(full_rows)) if not full_rows.all() else covered.shape[0]
+        cols = np.flatnonzero(covered[r:].any(axis=0))
+        c = int(cols[-1]) + 1 if cols.size else 0
+        if r < covered.shape[0]:
+            rest = covered[r:, :c]
+            new_left = ~rest
+            if new_left.any():
+                ref[:, r:, :c][:, new_left] = t[:, r:, :c][:, new_left]
+                rest[new_left] = True
+            ref[:, r:, c:] = t[:, r:, c:]
+            covered[r:, c:] = True
+        for rows, cs in ((slice(0, r), slice(None)), (slice(r, None), slice(0, c))):
+            rr, cc = ref[:, rows, cs], t[:, rows, cs]
+            if rr.size == 0:
+                continue
+            diff = np.subtract(cc, rr)
+            diff *= np.multiply.outer(wy[rows], wx[cs])
+            acc[:, rows, cs] += diff
 
     def result(self) -> np.ndarray:
         """The blended block ``(bands, h, w)`` float32. Raises if a pixel was never covered."""
@@ -77,4 +94,7 @@ class BlockBlender:
                 f"block {self.block.key}: {int((~self._covered).sum())} pixels not covered by any tile; "
                 "the block's tile list is incomplete"
             )
-        return self._ref + self._acc
+        out = self._ref
+        out += self._acc
+        self._acc = None  # the blender is spent
+        return out

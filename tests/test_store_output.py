@@ -230,7 +230,7 @@ def test_overviews_are_identical_whatever_the_block_size(tmp_path):
         spec = make_spec(block=block)
         build(tmp_path / f"b{block}.zarr", spec, seed=7)
         g = zarr.open_group(str(tmp_path / f"b{block}.zarr"), mode="r")
-        arrays[block] = [g["reflectance"][:]] + [g[f"overviews/{l}/reflectance"][:] for l in (1, 2)]
+        arrays[block] = [g["reflectance"][:]] + [g[f"overviews/{k}/reflectance"][:] for k in (1, 2)]
     data, valid = scene(make_spec(), seed=7)
     ref = reference_pyramid(encode(data, valid, "uint16"), 2)
     for block, levels in arrays.items():

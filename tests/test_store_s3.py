@@ -35,12 +35,14 @@ def write(out: ZarrOutput, data: np.ndarray, valid: np.ndarray, blocks) -> None:
         out.mark_done(b, {"key": b.key})
 
 
-def test_store_on_s3_resumes_finalizes_and_reads_back(s3_bucket):
+@pytest.mark.parametrize("fmt", [dict(zarr_format=2), dict(zarr_format=3, shard=256)], ids=["v2", "v3-sharded"])
+def test_store_on_s3_resumes_finalizes_and_reads_back(s3_bucket, fmt):
     uri, env = s3_bucket.uri("runs/scene.zarr"), s3_bucket.env
-    data, valid = scene(SPEC)
-    blocks = list(SPEC.blocks())
+    spec = OutputSpec(**{**SPEC.to_dict(), **fmt})
+    data, valid = scene(spec)
+    blocks = list(spec.blocks())
     assert store_status(uri, env).state == "absent"
-    out = ZarrOutput.create(uri, SPEC, env, "plan-s3")
+    out = ZarrOutput.create(uri, spec, env, "plan-s3")
     write(out, data, valid, blocks[:2])
     st = store_status(uri, env)
     assert (st.state, st.plan_hash, st.done, st.total) == ("incomplete", "plan-s3", 2, 4)
@@ -53,7 +55,8 @@ def test_store_on_s3_resumes_finalizes_and_reads_back(s3_bucket):
     assert (st.state, st.done) == ("complete", 4)
 
     keys = set(s3_bucket.keys())
-    assert {"runs/scene.zarr/.zmetadata", "runs/scene.zarr/.geosr/plan.json", "runs/scene.zarr/.geosr/complete.json",
+    metadata = "runs/scene.zarr/.zmetadata" if spec.zarr_format == 2 else "runs/scene.zarr/zarr.json"
+    assert {metadata, "runs/scene.zarr/.geosr/plan.json", "runs/scene.zarr/.geosr/complete.json",
             "runs/scene.zarr/.geosr/blocks/1_1.json", "runs/scene.stac-item.json"} <= keys
     assert not any("creating" in k for k in keys)
 

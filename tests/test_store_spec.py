@@ -93,20 +93,20 @@ def test_auto_overviews_stop_when_the_longer_side_is_under_256():
 def test_levels_are_written_per_block_while_their_chunk_stays_whole_and_large_enough():
     # block 256, chunk 128: level 1 chunk min(128, 128) -> per block; level 2 would be 64 px -> finalize
     lv = plan_levels(spec())
-    assert [(l.index, l.shape, l.chunk, l.in_block) for l in lv] == [
+    assert [(lv.index, lv.shape, lv.chunk, lv.in_block) for lv in lv] == [
         (0, (520, 600), (128, 128), True), (1, (260, 300), (128, 128), True), (2, (130, 150), (128, 128), False)]
     # block 512: both levels fit whole 128 px chunks of the block
-    assert [l.in_block for l in plan_levels(spec(block=512))] == [True, True, True]
+    assert [lv.in_block for lv in plan_levels(spec(block=512))] == [True, True, True]
     # block = chunk: no level can be written per block
-    assert [l.in_block for l in plan_levels(spec(block=128))] == [True, False, False]
+    assert [lv.in_block for lv in plan_levels(spec(block=128))] == [True, False, False]
     # production-sized: chunk 1024, block 4096 -> levels 1..4 per block (chunks 1024, 1024, 512, 256)
     big = spec(shape=(4, 43920, 43920), chunk=1024, block=4096, band_names=("a", "b", "c", "d"))
     levels = plan_levels(big)
-    assert [l.chunk[0] for l in levels if l.in_block] == [1024, 1024, 1024, 512, 256]
-    assert [l.index for l in levels if not l.in_block] == [5, 6, 7, 8]
+    assert [lv.chunk[0] for lv in levels if lv.in_block] == [1024, 1024, 1024, 512, 256]
+    assert [lv.index for lv in levels if not lv.in_block] == [5, 6, 7, 8]
     assert levels[5].chunk == (256, 256)
     # a block of three chunks cannot be halved into whole chunks
-    assert [l.in_block for l in plan_levels(spec(block=384, chunk=128))][:2] == [True, False]
+    assert [lv.in_block for lv in plan_levels(spec(block=384, chunk=128))][:2] == [True, False]
 
 
 def test_sharded_levels_write_whole_shards_per_block():

@@ -24,12 +24,14 @@ from .. import metrics
 from ..grid import TileGrid, mirror_indices
 from ..upsamplers import TileBatch, build_upsampler
 from ..weights import tile_weight
+from .consistency import project_blended
 from .data import read_reflectance, split
 
 
 def upsample_scene(up, img: np.ndarray, *, scale: int, tile: int, overlap: int, seed: int = 0,
-                   ramp: str = "cosine", batch: int = 16) -> np.ndarray:
-    """Super-resolve a whole (C, H, W) image on the global tile grid with normalised blending weights."""
+                   ramp: str = "cosine", batch: int = 16, reproject: str | None = None) -> np.ndarray:
+    """Super-resolve a whole (C, H, W) image on the global tile grid with normalised blending weights;
+    ``reproject="average"`` re-projects the blend onto the input (:func:`consistency.project_blended`)."""
     c, h, w = img.shape
     grid = TileGrid(h, w, min(tile, max(h, w)), min(overlap, max(0, min(tile, max(h, w)) - 1)), scale)
     t = grid.tile
@@ -49,7 +51,10 @@ def upsample_scene(up, img: np.ndarray, *, scale: int, tile: int, overlap: int, 
             y0, x0 = r * scale, cc * scale
             hh, ww = min(t * scale, h * scale - y0), min(t * scale, w * scale - x0)
             out[:, y0 : y0 + hh, x0 : x0 + ww] += (wgt[None] * tile_out)[:, :hh, :ww]
-    return out.astype(np.float32)
+    out = out.astype(np.float32)
+    if reproject:
+        out = project_blended(out, img, scale, reproject)
+    return out
 
 
 def scene_boundaries(h: int, w: int, tile: int, overlap: int, scale: int) -> tuple[list[int], list[int]]:
@@ -85,6 +90,11 @@ def heldout_pairs(s: EvalSetup) -> list[tuple[str, np.ndarray, np.ndarray]]:
     return out
 
 
+def _reproject(up, operator: str) -> str | None:
+    """Models that enforce LR consistency get the blend re-projected (what the engine does per block)."""
+    return operator if getattr(up, "options", None) is not None and up.options.projection else None
+
+
 def evaluate(methods: dict[str, Callable[[], Any]], s: EvalSetup, log=print) -> dict[str, Any]:
     """``methods``: name -> zero-argument factory of an upsampler (built lazily, one at a time)."""
     pairs = heldout_pairs(s)
@@ -94,7 +104,8 @@ def evaluate(methods: dict[str, Callable[[], Any]], s: EvalSetup, log=print) -> 
         ps, ss, l1, ang, px, secs = [], [], [], [], 0, 0.0
         for f, lr, hr in pairs:
             t0 = time.perf_counter()
-            sr = upsample_scene(up, lr, scale=s.scale, tile=s.tile, overlap=s.overlap, seed=s.seed)
+            sr = upsample_scene(up, lr, scale=s.scale, tile=s.tile, overlap=s.overlap, seed=s.seed,
+                                reproject=_reproject(up, s.operator))
             secs += time.perf_counter() - t0
             n = hr.shape[1] * hr.shape[2]
             ps.append((metrics.psnr(sr, hr), n))
@@ -121,7 +132,8 @@ def seams(methods: dict[str, Callable[[], Any]], s: EvalSetup, log=print) -> dic
         acc = metrics.SeamAccumulator()
         for img in imgs:
             c, h, w = img.shape
-            sr = upsample_scene(up, img, scale=s.scale, tile=s.seam_tile, overlap=s.seam_overlap, seed=s.seed)
+            sr = upsample_scene(up, img, scale=s.scale, tile=s.seam_tile, overlap=s.seam_overlap, seed=s.seed,
+                                reproject=_reproject(up, s.operator))
             by, bx = scene_boundaries(h, w, min(s.seam_tile, max(h, w)), s.seam_overlap, s.scale)
             acc.add(sr, by, bx)
         res[name] = acc.value()

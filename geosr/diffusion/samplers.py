@@ -50,7 +50,9 @@ def sample_ddim(model: Model, x: torch.Tensor, *, schedule: dict[str, Any], step
         vn = noise(k).to(x.dtype) if (eta > 0 and noise is not None) else None
         if eta > 0 and vn is None:
             raise ConfigError("eta > 0 needs a noise source")
-        x = sched.step(out.to(x.dtype), t, x, eta=float(eta), variance_noise=vn).prev_sample
+        # eta is capped just below 1: at a zero-terminal-SNR first step eta=1 makes diffusers take the square
+        # root of a float that rounds below zero
+        x = sched.step(out.to(x.dtype), t, x, eta=min(float(eta), 0.999), variance_noise=vn).prev_sample
     return x
 
 

@@ -26,6 +26,7 @@ import torch
 from .. import __version__
 from ..errors import ConfigError, ModelError
 from ..upsamplers.base import TileBatch, check_output, resolve_device
+from .consistency import project_blended
 from .model import LatentSR
 from .pipeline import SamplingOptions, super_resolve
 from .weights_io import bundled_dir, load_model
@@ -92,6 +93,15 @@ class LatentDiffusionUpsampler:
 
     def __call__(self, batch: TileBatch) -> np.ndarray:
         return check_output(batch, self._run(batch, 0), self.scale)
+
+    def project_blended(self, hr: np.ndarray, lowres: np.ndarray) -> np.ndarray:
+        """For the engine, after blending a block: re-project the blend (C, sH, sW) onto its low-res window
+        (C, H, W) so the block-average consistency is exact again (local per low-res pixel, so block
+        partitions aligned to the scale give identical bytes). Identity for other operators or with
+        ``projection=False``."""
+        if not self.options.projection:
+            return hr
+        return project_blended(hr, lowres, self.scale, self.options.operator)
 
     def sample_with_std(self, batch: TileBatch, n: int) -> tuple[np.ndarray, np.ndarray]:
         """Mean and per-pixel standard deviation over ``n`` independent samples (each position-keyed, so

@@ -94,7 +94,7 @@ def _one_float(found: Mapping[str, str], what: str, uri: str) -> float | None:
         return None
     if len(values) > 1:
         raise InputError(
-            f"{uri}: the selected bands have different {what} values {sorted(values)}; "
+            f"{uri}: tags {', '.join(sorted(found))} give different {what} values {sorted(values)}; "
             "select bands that share one, or set input.add_offset explicitly"
         )
     return values.pop()
@@ -158,9 +158,11 @@ def resolve_radiometry(
                 f"{uri}: preset sentinel2-l2a expects uint16 digital numbers but the file is {dtype}; "
                 "use input.preset: none (with input.scale_factor/add_offset) for already-scaled data"
             )
-        offset_dn, offset_origin = _sentinel2_offset(cfg, tags, band_tags, uri)
-        scale, offset = 1.0 / S2_QUANTIFICATION, offset_dn / S2_QUANTIFICATION
-        origin = f"sentinel2-l2a, BOA_ADD_OFFSET={offset_dn:g} ({offset_origin})"
+        scale, offset, origin = 1.0 / S2_QUANTIFICATION, 0.0, "sentinel2-l2a"
+        if cfg.add_offset is None:  # an explicit offset makes the baseline irrelevant
+            offset_dn, offset_origin = _sentinel2_offset(cfg, tags, band_tags, uri)
+            offset = offset_dn / S2_QUANTIFICATION
+            origin = f"sentinel2-l2a, BOA_ADD_OFFSET={offset_dn:g} ({offset_origin})"
     else:
         scale, offset, origin = DEFAULT_SCALE[dtype], 0.0, f"default for {dtype}"
     if cfg.scale_factor is not None:

@@ -115,6 +115,7 @@ def scene_result(run: SceneRun, quicklook: str | None = None) -> dict[str, Any]:
         "blocks_total": rep.blocks_total, "blocks_run": rep.blocks_run, "seconds": round(rep.seconds, 3),
         "tiles": run.tiles, "tiles_run": run.tiles_run, "tiles_per_s": round(run.tiles_per_s, 3),
         "model": run.model, "metrics": clean, "slot_wait_s": round(run.slot_wait_s, 3),
+        "slot_held": list(run.slot_held) if run.slot_held else None,
         "stac_item": stac_item_uri(rep.output_uri), "quicklook": quicklook,
     }
 

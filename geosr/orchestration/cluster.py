@@ -39,7 +39,7 @@ class ClusterSpec:
         if self.address:
             return f"Dask scheduler at {self.address}"
         return (f"embedded Dask cluster: {self.cpu_workers} CPU worker(s) x {self.cpu_threads} threads, "
-                f"{self.gpu_workers if self.gpu_workers is not None else 'one per GPU'} GPU worker(s), "
+                f"{self.gpu_workers if self.gpu_workers is not None else 'one per visible'} GPU worker(s), "
                 f"{'processes' if self.processes else 'threads'}")
 
 
@@ -109,12 +109,26 @@ def dask_client(spec: ClusterSpec) -> Iterator[Any]:
         finally:
             client.close()
         return
-    cluster = embedded_cluster(spec)
+    with _quiet_dask():
+        cluster = embedded_cluster(spec)
+        try:
+            with Client(cluster, set_as_default=False) as client:
+                yield client
+        finally:
+            cluster.close()
+
+
+@contextmanager
+def _quiet_dask() -> Iterator[None]:
+    """The embedded cluster's scheduler and workers log every connection at INFO; keep WARNING and up."""
+    logger = logging.getLogger("distributed")
+    before = logger.level
+    if logger.getEffectiveLevel() < logging.WARNING:
+        logger.setLevel(logging.WARNING)
     try:
-        with Client(cluster, set_as_default=False) as client:
-            yield client
+        yield
     finally:
-        cluster.close()
+        logger.setLevel(before)
 
 
 @contextmanager

@@ -61,6 +61,7 @@ class SceneRun:
     tiles_run: int = 0  # tiles computed by this run (a tile straddling two blocks counts twice)
     model_seconds: float = 0.0  # model+blend time summed over this run's blocks
     slot_wait_s: float = 0.0  # time spent waiting for the GPU concurrency slot
+    slot_held: tuple[float, float] | None = None  # (acquired, released), epoch seconds
     gpu_workers: tuple[str, ...] = ()
 
     @property
@@ -116,6 +117,7 @@ def run_scene_distributed(input_uri: str, output_uri: str, cfg: RunConfig, clien
     tw = time.perf_counter()
     with (slot() if slot is not None else nullcontext()):
         wait = time.perf_counter() - tw
+        held_from = time.time()
         if wait > 1:
             log.info("waited %.1f s for a GPU slot", wait)
         roles = wait_for_gpu_workers(client, options.gpu_wait_s)
@@ -143,6 +145,7 @@ def run_scene_distributed(input_uri: str, output_uri: str, cfg: RunConfig, clien
                 progress(n_done + i, total)
 
         results = _pipeline(client, plan, source, env, todo, roles, options, on_block, check)
+        held = (held_from, time.time())
 
     all_done = call_with_retry(output.done_blocks, pol, f"reading the ledger of {output_uri}")
     metrics = scene_metrics(all_done)
@@ -155,7 +158,7 @@ def run_scene_distributed(input_uri: str, output_uri: str, cfg: RunConfig, clien
     tiles_run = sum(int(s.get("tiles", 0)) - int(s.get("tiles_skipped", 0)) for s in results)
     model_s = sum(float(s.get("model_seconds", 0.0)) for s in results)
     return SceneRun(rep, model=model, tiles_run=tiles_run, model_seconds=round(model_s, 3), slot_wait_s=wait,
-                    gpu_workers=roles.gpu, **base)
+                    slot_held=held, gpu_workers=roles.gpu, **base)
 
 
 def _finalize(output: ZarrOutput, prov: dict[str, Any], stac: bool, pol: RetryPolicy) -> None:

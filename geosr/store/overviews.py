@@ -71,24 +71,24 @@ def plan_levels(spec: OutputSpec) -> tuple[Level, ...]:
     floor = min(spec.chunk, SMALLEST_CHUNK)
     in_block = True
     tail_chunk = floor
-    for l in range(1, spec.overview_levels + 1):
-        shape = (math.ceil(spec.height / (1 << l)), math.ceil(spec.width / (1 << l)))
+    for k in range(1, spec.overview_levels + 1):
+        shape = (math.ceil(spec.height / (1 << k)), math.ceil(spec.width / (1 << k)))
         shard = None
         if in_block:
-            span = spec.block >> l  # a block's extent at level l
+            span = spec.block >> k  # a block's extent at level k
             c = min(spec.chunk, span)
             if spec.shard:
                 s = min(spec.shard, span)
                 shard = s if s > c and s % c == 0 else None
             unit = shard or c
-            in_block = spec.block % (1 << l) == 0 and c >= floor and span % unit == 0
+            in_block = spec.block % (1 << k) == 0 and c >= floor and span % unit == 0
             if in_block:
                 tail_chunk = c
-                levels.append(Level(l, shape, (c, c), (shard, shard) if shard else None, True,
-                                    level_group(l), level_transform(spec.transform, l)))
+                levels.append(Level(k, shape, (c, c), (shard, shard) if shard else None, True,
+                                    level_group(k), level_transform(spec.transform, k)))
                 continue
         chunk = (min(tail_chunk, shape[0]), min(tail_chunk, shape[1]))
-        levels.append(Level(l, shape, chunk, None, False, level_group(l), level_transform(spec.transform, l)))
+        levels.append(Level(k, shape, chunk, None, False, level_group(k), level_transform(spec.transform, k)))
     return tuple(levels)
 
 

@@ -12,10 +12,13 @@ import math
 import re
 from dataclasses import asdict, dataclass
 from functools import cached_property
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 from ..errors import ConfigError
 from ..grid import Block
+
+if TYPE_CHECKING:
+    from ..config import OutputConfig
 
 DTYPES = ("uint16", "float32")
 COMPRESSORS = ("zstd", "blosc", "none")
@@ -214,7 +217,7 @@ class OutputSpec:
         return cls(**d)
 
     @classmethod
-    def from_config(cls, output: Any, *, shape: tuple[int, int, int], chunk: int, block: int,
+    def from_config(cls, output: "OutputConfig", *, shape: tuple[int, int, int], chunk: int, block: int,
                     band_names: tuple[str, ...], crs_wkt: str, transform: tuple[float, ...]) -> "OutputSpec":
         """Build a spec from a :class:`geosr.config.OutputConfig` plus the scene's output geometry."""
         return cls(

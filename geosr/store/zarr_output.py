@@ -8,8 +8,9 @@ Lifecycle (see ``docs/architecture.md``, Store contract)::
     out.finalize(provenance)                             # overview tail, attrs, STAC, completion marker
 
 Concurrency: a block owns whole chunks (and whole shards) at every level it writes, so workers never
-write the same object and never read-modify-write one; metadata is written only by ``create`` and
-``finalize``. Nothing half-written is marked: a block's marker follows its chunks, and the completion
+write the same object and never merge into another block's data (zarr-python's sharding codec still
+GETs a shard before replacing it whole; that object is the block's own); metadata is written only by
+``create`` and ``finalize``. Nothing half-written is marked: a block's marker follows its chunks, and the completion
 marker (``.geosr/complete.json``, plus ``geosr.complete`` in the root attributes) is written last.
 """
 
@@ -30,7 +31,7 @@ from .encode import encode
 from .ledger import Ledger
 from .layout import create_hierarchy
 from .overviews import Level, block_pyramid, build_tail, plan_levels
-from .provenance import ATTR, finalized_record, store_record, utcnow
+from .provenance import ATTR, finalized_record, jsonable, store_record, utcnow
 from .spec import OutputSpec
 from .stac import build_stac_item, stac_item_uri, write_stac_item
 
@@ -96,8 +97,7 @@ class ZarrOutput:
                 "plan_hash": plan_hash,
                 "created": created,
                 "spec": spec.to_dict(),
-                "blocks": {"grid": list(spec.block_grid_shape), "total": spec.n_blocks,
-                           "keys": sorted(spec.block_keys, key=_key_order)},
+                "blocks": {"block": spec.block, "grid": list(spec.block_grid_shape), "total": spec.n_blocks},
             })
             ledger.end_create()
         log.info("created %s (%d blocks, %d overview levels)", loc.uri, spec.n_blocks, len(levels) - 1)
@@ -173,8 +173,6 @@ class ZarrOutput:
                 f"mark_done({block.key}) before write_block({block.key}) in this process: a block is marked "
                 "done only after its chunks are written"
             )
-        from .provenance import jsonable
-
         self._ledger.mark_done(block.key, {
             "key": block.key,
             "region": [block.y0, block.y1, block.x0, block.x1],
@@ -194,9 +192,10 @@ class ZarrOutput:
 
     # -- finishing -----------------------------------------------------------------------------------
     def finalize(self, provenance: dict[str, Any], *, stac: bool = True) -> None:
-        """Finish the store once every block is done: compute the remaining overview levels, record
-        provenance in the root attributes, consolidate metadata, write the STAC item beside the store
-        (unless ``stac`` is false), and write the completion marker last."""
+        """Finish the store once every block is done, in this order: compute the overview levels no
+        block wrote; write the STAC item beside the store (unless ``stac`` is false); record provenance
+        and ``geosr.complete = true`` in the root attributes and refresh the consolidated metadata;
+        write ``.geosr/complete.json`` last. Safe to repeat after an interruption."""
         missing = self.missing_blocks()
         if missing:
             sample = ", ".join(b.key for b in missing[:5])
@@ -232,11 +231,6 @@ class ZarrOutput:
 
     def is_complete(self) -> bool:
         return self._ledger.read_complete() is not None
-
-
-def _key_order(key: str) -> tuple[int, int]:
-    by, bx = key.split("_")
-    return int(by), int(bx)
 
 
 def _consolidate(loc: StoreLocation, zarr_format: int) -> None:

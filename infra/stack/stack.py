@@ -277,34 +277,59 @@ def spawn(sdir: Path, name: str, cmd: list[str], env: dict[str, str], cwd: Path 
     return proc
 
 
-def stop(proc: Proc, sdir: Path, timeout: float = 10.0) -> str:
-    """SIGTERM the recorded process, its process group and its descendants; SIGKILL what is left after
-    ``timeout``. Only pids whose identity (start time) is known are signalled."""
-    if not proc.alive():
-        pidfile(sdir, proc.name).unlink(missing_ok=True)
-        return "not running"
-    targets = {proc.pid: proc.start_time}
-    for d in descendants(proc.pid):
-        st = proc_start_time(d)
-        if st is not None:
-            targets[d] = st
+# SeaweedFS ignores SIGTERM for a long while (it drains for minutes); its data is safe to SIGKILL.
+TERM_GRACE = {"seaweedfs": 3.0}
 
-    def live() -> list[int]:
-        return [p for p, st in targets.items() if proc_start_time(p) == st]
 
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for p in live():
+def stop_all(procs: list[Proc], sdir: Path, timeout: float = 10.0) -> dict[str, str]:
+    """SIGTERM the recorded processes, their descendants (through /proc, captured before signalling) all at
+    once; SIGKILL whatever is left after its grace period. Only pids whose identity (start time) matches
+    what was recorded or observed are ever signalled."""
+    result: dict[str, str] = {}
+    targets: dict[str, dict[int, int]] = {}
+    for proc in procs:
+        if not proc.alive():
+            result[proc.name] = "not running"
+            pidfile(sdir, proc.name).unlink(missing_ok=True)
+            continue
+        t = {proc.pid: proc.start_time}
+        for d in descendants(proc.pid):
+            st = proc_start_time(d)
+            if st is not None:
+                t[d] = st
+        targets[proc.name] = t
+
+    def live(name: str) -> list[int]:
+        return [p for p, st in targets[name].items() if proc_start_time(p) == st]
+
+    def signal_all(name: str, sig: int) -> None:
+        for p in live(name):
             try:
                 os.kill(p, sig)
             except ProcessLookupError:
                 pass
-        deadline = time.monotonic() + (timeout if sig == signal.SIGTERM else 5.0)
-        while live() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        if not live():
-            pidfile(sdir, proc.name).unlink(missing_ok=True)
-            return "stopped" if sig == signal.SIGTERM else "killed"
-    raise StackError(f"{proc.name} (pid {proc.pid}) did not exit after SIGKILL")
+
+    for name in targets:
+        signal_all(name, signal.SIGTERM)
+    t0 = time.monotonic()
+    pending = set(targets)
+    while pending:
+        for name in sorted(pending):
+            if not live(name):
+                result[name] = result.get(name, "stopped")
+                pidfile(sdir, name).unlink(missing_ok=True)
+                pending.discard(name)
+            elif time.monotonic() - t0 > TERM_GRACE.get(name, timeout) and name not in result:
+                signal_all(name, signal.SIGKILL)
+                result[name] = "killed"
+            elif time.monotonic() - t0 > TERM_GRACE.get(name, timeout) + 10:
+                raise StackError(f"{name} did not exit after SIGKILL: pids {live(name)}")
+        time.sleep(0.1)
+    return result
+
+
+def stop(proc: Proc, sdir: Path, timeout: float = 10.0) -> str:
+    return stop_all([proc], sdir, timeout)[proc.name]
 
 
 # ------------------------------------------------------------------------------------------ health
@@ -484,11 +509,10 @@ def up(timeout: float) -> Settings:
             wait_for(f"work pool {s.work_pool}", lambda: _pool_exists(s), deadline,
                      [p for p in started if p.name == "prefect-worker"])
     except BaseException:
-        for p in reversed(started):
-            try:
-                stop(p, sdir, timeout=5)
-            except StackError:
-                pass
+        try:
+            stop_all(list(reversed(started)), sdir, timeout=5)
+        except StackError:
+            pass
         raise
     return s
 
@@ -505,10 +529,8 @@ def _pool_exists(s: Settings) -> bool:
 def down(purge: bool) -> list[tuple[str, str]]:
     sdir = state_dir()
     procs = load_procs(sdir)
-    out = []
-    for name in reversed(ORDER):
-        if name in procs:
-            out.append((name, stop(procs[name], sdir)))
+    res = stop_all([procs[n] for n in reversed(ORDER) if n in procs], sdir)
+    out = [(n, res[n]) for n in reversed(ORDER) if n in res]
     if purge and sdir.is_dir():
         shutil.rmtree(sdir)
     return out

@@ -34,14 +34,17 @@ _ENCODE_SCALE = {"uint8": 255.0, "uint16": 10000.0, "int16": 10000.0, "float32":
 
 def default_transform(crs: str | None, *, res: float | None = None):
     """A plausible north-up transform for ``crs`` (metres for projected CRSs, degrees for geographic)."""
+    from affine import Affine
     from rasterio.crs import CRS
-    from rasterio.transform import from_origin
+
+    def north_up(west: float, north: float, size: float) -> Affine:
+        return Affine(size, 0.0, west, 0.0, -size, north)
 
     if crs is not None and CRS.from_user_input(crs).is_geographic:
-        return from_origin(14.0, 46.0, res or 1e-4, res or 1e-4)
+        return north_up(14.0, 46.0, res or 1e-4)
     if crs is not None and CRS.from_user_input(crs).to_epsg() == 3857:
-        return from_origin(1_558_000.0, 5_780_000.0, res or 10.0, res or 10.0)
-    return from_origin(399_960.0, 5_000_040.0, res or 10.0, res or 10.0)
+        return north_up(1_558_000.0, 5_780_000.0, res or 10.0)
+    return north_up(399_960.0, 5_000_040.0, res or 10.0)
 
 
 def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], sigma: float) -> np.ndarray:
