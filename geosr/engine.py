@@ -326,7 +326,7 @@ def run_scene(input_uri: str, output_uri: str, cfg: RunConfig, *, overwrite: boo
     all_done = output.done_blocks()
     metrics = scene_metrics(all_done)
     if len(all_done) == len(blocks):
-        output.finalize(provenance(plan, started, metrics))
+        output.finalize(provenance(plan, started, metrics), stac=cfg.output.stac)
     return SceneReport(input_uri, output_uri, state, len(blocks), len(todo), time.perf_counter() - t0, out_px, metrics)
 
 

@@ -33,14 +33,21 @@ def encode(data: np.ndarray, valid: np.ndarray, dtype: str) -> np.ndarray:
     if data.ndim != 3 or valid.shape != data.shape[1:]:
         raise ValueError(f"data must be (C, h, w) with a (h, w) valid mask; got {data.shape} and {valid.shape}")
     out = np.empty(data.shape, dtype=dtype)
-    for i in range(data.shape[0]):  # one band at a time: bounded float64 scratch memory
-        band = data[i].astype(np.float64, copy=False)
-        ok = valid & np.isfinite(band)
+    invalid = ~valid
+    scratch = np.empty(data.shape[1:], dtype=np.float32)
+    for i in range(data.shape[0]):  # one band at a time, in place: bounded scratch memory
+        band = data[i]
         if dtype == "uint16":
-            raw = np.clip(np.rint(band * SCALE), 1, 65535)
-            out[i] = np.where(ok, raw, UINT16_NODATA)
+            # float32 arithmetic is exact enough here: |x * 1e4| < 2^24
+            np.multiply(band, np.float32(SCALE), out=scratch, casting="unsafe")
+            np.rint(scratch, out=scratch)
+            np.clip(scratch, 1, 65535, out=scratch)
+            bad = invalid | ~np.isfinite(band)
+            np.copyto(out[i], scratch, casting="unsafe")
+            out[i][bad] = UINT16_NODATA
         else:
-            out[i] = np.where(ok, band, np.nan)
+            np.copyto(out[i], band, casting="unsafe")
+            out[i][invalid | ~np.isfinite(out[i])] = np.nan
     return out
 
 

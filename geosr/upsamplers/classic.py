@@ -109,7 +109,10 @@ class ClassicUpsampler:
                 x = torch.from_numpy(np.ascontiguousarray(batch.pixels[i], dtype=np.float32)).to(self.device)
                 if self.kind == "nearest":
                     y = x.repeat_interleave(s, dim=1).repeat_interleave(s, dim=2)
+                elif self.device == "cpu":
+                    torch.matmul(torch.matmul(my, x), mx, out=torch.from_numpy(out[i]))
+                    continue
                 else:
                     y = torch.matmul(torch.matmul(my, x), mx)
-                out[i] = y.cpu().numpy() if y.device.type != "cpu" else y.numpy()
+                out[i] = y.cpu().numpy()
         return check_output(batch, out, s)

@@ -15,7 +15,9 @@ unset = the usual port (4200, 8333, 8786, 8787) if it is free, else a free one; 
 one; a number = exactly that port (an error if it is taken). SeaweedFS's internal ports are always free
 ones. Other knobs: GEOSR_STACK_CPU_WORKERS (2), GEOSR_STACK_CPU_THREADS (1), GEOSR_STACK_GPU_WORKERS (1),
 GEOSR_STACK_BUCKET (geosr), GEOSR_STACK_WORK_POOL (geosr-local), GEOSR_STACK_PREFECT_WORKER (1: start the
-process worker), GEOSR_STACK_PREFECT_UI (1), GEOSR_STACK_START_TIMEOUT (120 s).
+process worker), GEOSR_STACK_GPU_LIMIT (geosr-gpu: the Prefect global concurrency limit geosr flows hold
+while using the GPUs, created with one slot per GPU-tagged worker), GEOSR_STACK_PREFECT_UI (1),
+GEOSR_STACK_START_TIMEOUT (120 s).
 
 ``down`` signals only processes recorded in the pid files whose start time still matches (a recycled
 pid is left alone), plus their descendants, found through /proc: never anything by name.
@@ -134,6 +136,7 @@ class Settings:
     access_key: str
     secret_key: str
     work_pool: str
+    gpu_limit: str
     prefect_worker: bool
     prefect_ui: bool
 
@@ -149,6 +152,7 @@ class Settings:
             access_key=os.environ.get("GEOSR_STACK_S3_ACCESS_KEY", "geosr-stack"),
             secret_key=os.environ.get("GEOSR_STACK_S3_SECRET_KEY", "geosr-stack-secret"),
             work_pool=os.environ.get("GEOSR_STACK_WORK_POOL", "geosr-local"),
+            gpu_limit=os.environ.get("GEOSR_STACK_GPU_LIMIT", "geosr-gpu"),
             prefect_worker=_env_bool("GEOSR_STACK_PREFECT_WORKER", True),
             prefect_ui=_env_bool("GEOSR_STACK_PREFECT_UI", True),
         )
@@ -492,6 +496,8 @@ def up(timeout: float) -> Settings:
                  lambda: s3_ok(s, create_bucket=True), deadline, [started[0]])
         wait_for(f"the Prefect server on {s.prefect_api_url}", lambda: http_ok(f"{s.prefect_api_url}/health"),
                  deadline, [started[1]])
+        if s.gpu_limit:
+            ensure_gpu_limit(s)
         # 3. a process worker for the local work pool (created if missing)
         if s.prefect_worker:
             started.append(spawn(sdir, "prefect-worker", [
@@ -515,6 +521,28 @@ def up(timeout: float) -> Settings:
             pass
         raise
     return s
+
+
+def _api(s: Settings, method: str, path: str, body: dict | None = None) -> tuple[int, Any]:
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(f"{s.prefect_api_url}{path}", data=data, method=method,
+                                 headers={"content-type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            text = r.read()
+            return r.status, json.loads(text) if text else None
+    except urllib.error.HTTPError as e:
+        return e.code, None
+
+
+def ensure_gpu_limit(s: Settings) -> None:
+    """The Prefect global concurrency limit that geosr flows hold while they use the GPUs (strict: flows
+    refuse to run without it), with one slot per GPU-tagged worker."""
+    code, _ = _api(s, "POST", "/v2/concurrency_limits/", {"name": s.gpu_limit, "limit": s.gpu_workers})
+    if code == 409:
+        code, _ = _api(s, "PATCH", f"/v2/concurrency_limits/{s.gpu_limit}", {"limit": s.gpu_workers})
+    if code not in (200, 201, 204):
+        raise StackError(f"could not create the GPU concurrency limit {s.gpu_limit} (HTTP {code})")
 
 
 def _pool_exists(s: Settings) -> bool:
@@ -555,6 +583,9 @@ def status() -> dict[str, Any]:
     })
     if s.prefect_worker:
         res["work_pool"] = {"name": s.work_pool, "healthy": _pool_exists(s)}
+    if s.gpu_limit:
+        code, lim = _api(s, "GET", f"/v2/concurrency_limits/{s.gpu_limit}") if res["prefect"]["healthy"] else (0, None)
+        res["gpu_limit"] = {"name": s.gpu_limit, "slots": (lim or {}).get("limit"), "healthy": code == 200}
     expected = [n for n in ORDER if n != "prefect-worker" or s.prefect_worker]
     if not s.cpu_workers:
         expected.remove("dask-cpu-workers")
@@ -572,15 +603,18 @@ def usage_text(s: Settings) -> str:
                 {s.cpu_workers} CPU worker(s), {s.gpu_workers} GPU-tagged worker(s) (--resources GPU=1)
   S3            {s.s3_endpoint}   bucket s3://{b}
   work pool     {s.work_pool + ' (process worker running)' if s.prefect_worker else '(no worker started)'}
+  GPU limit     {s.gpu_limit or '(none)'} ({s.gpu_workers} slot(s); Prefect global concurrency limit)
 
 Use it from a shell:
   source {sdir / 'env.sh'}        # or: eval "$(make -s stack-env)"
 {''.join(f'  export {k}={shlex.quote(v)}' + chr(10) for k, v in s.client_env().items())}
 The main job against the stack (input and output on the stack's S3):
   geosr run s3://{b}/in/scene.tif s3://{b}/out/scene.zarr --endpoint-url {s.s3_endpoint}
-Flows against the stack (same flow code as on a cluster):
-  geosr flows serve --dask-address {s.dask_address}          # PREFECT_API_URL from env.sh
-  prefect deploy --all   (work pool {s.work_pool}), then: prefect deployment run 'super-resolve-scene/...'
+Flows against the stack (same flow code as on a cluster; PREFECT_API_URL etc. from env.sh):
+  geosr flows run-scene s3://{b}/in/scene.tif s3://{b}/out/scene.zarr --dask-address {s.dask_address} \\
+      --endpoint-url {s.s3_endpoint}
+  geosr flows serve --dask-address {s.dask_address}        # deployments served from one process
+  prefect deploy --all --pool {s.work_pool}                   # or deploy to the stack's process worker
 Stop it: make stack-down   (logs stay in {sdir / 'logs'}; `make stack-down PURGE=1` deletes data too)
 """
 
@@ -620,7 +654,7 @@ def main(argv: list[str] | None = None) -> int:
                     if n in st["processes"]:
                         p = st["processes"][n]
                         print(f"  {n:18s} pid {p['pid']:<8d} {'running' if p['alive'] else 'DEAD'}   log {p['log']}")
-                for k in ("prefect", "s3", "dask", "work_pool"):
+                for k in ("prefect", "s3", "dask", "work_pool", "gpu_limit"):
                     if k in st:
                         d = dict(st[k])
                         ok = d.pop("healthy")
