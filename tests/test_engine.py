@@ -116,3 +116,22 @@ def test_provenance_metrics(scene, tmp_path):
     attrs = zarr.open_group(str(out), mode="r").attrs.asdict()
     text = repr(attrs)
     assert "lr_l1" in text and "bicubic" in text and str(scene) in text
+
+
+@pytest.mark.parametrize("h,w", [(20, 17), (1, 1), (33, 5)])
+def test_scene_smaller_than_a_tile(tmp_path, h, w):
+    p = make_geotiff(tmp_path / "tiny.tif", height=h, width=w, bands=2, seed=2)
+    out = tmp_path / "tiny.zarr"
+    run_scene(str(p), str(out), _cfg(**{"model.name": "nearest", "output.dtype": "float32"}))
+    with rasterio.open(p) as src:
+        want = (src.read().astype(np.float32) * np.float32(1e-4)).repeat(2, 1).repeat(2, 2)
+    assert np.array_equal(_read(out), want)
+
+
+def test_identity_model_returns_its_input(scene, tmp_path):
+    out = tmp_path / "id.zarr"
+    run_scene(str(scene), str(out), _cfg(**{"model.name": "nearest", "tiling.scale": 1, "tiling.chunk": 64,
+                                           "tiling.block": 64}))
+    with rasterio.open(scene) as src:
+        dn = src.read()
+    assert np.array_equal(_read(out), dn), "uint16 DN in, the same DN out"
