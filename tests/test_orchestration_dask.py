@@ -189,26 +189,31 @@ def test_killed_gpu_worker_mid_scene_the_scene_completes(scene, reference, tmp_p
         "gpu-0": {"cls": Nanny, "options": {"nthreads": 1, "host": "127.0.0.1", "preload": preload,
                                              "resources": {"GPU": 1}}},
     }
-    scheduler = {"cls": Scheduler, "options": {"host": "127.0.0.1", "dashboard": False}}
+    scheduler = {"cls": Scheduler, "options": {"host": "127.0.0.1", "dashboard_address": ":0"}}
     out = str(tmp_path / "killed.zarr")
     cfg = small_config(**{"model.name": "test-slow-bicubic", "model.params": {"delay": 0.15}})
     with SpecCluster(workers=workers, scheduler=scheduler, silence_logs=40) as cluster, Client(cluster) as c:
         c.wait_for_workers(2, timeout=120)
-        killed = []
+        killed, errors = [], []
 
         def kill_gpu_worker():
-            _wait_for_blocks(out, StorageEnv(), 3)
-            gpu = worker_roles(c).gpu[0]
-            pid = c.run(os.getpid, workers=[gpu])[gpu]
-            os.kill(pid, signal.SIGKILL)
-            killed.append(gpu)
+            try:
+                at = _wait_for_blocks(out, StorageEnv(), 3)
+                gpu = worker_roles(c).gpu[0]
+                pid = c.run(os.getpid, workers=[gpu])[gpu]
+                os.kill(pid, signal.SIGKILL)
+                killed.append((gpu, at))
+            except Exception as e:  # reported by the assertion below
+                errors.append(e)
 
         t = threading.Thread(target=kill_gpu_worker)
         t.start()
         run = run_scene_distributed(str(scene), out, cfg, c, options=ClusterRunOptions(gpu_wait_s=120))
         t.join(60)
-        assert killed, "the GPU worker was killed mid-scene"
+        assert killed and not errors, f"the GPU worker was not killed mid-scene: {errors}"
+        assert killed[0][1] < 16, "killed before the scene was done"
         assert run.state == "written" and run.report.blocks_total == 16
-        assert worker_roles(c).gpu and worker_roles(c).gpu[0] != killed[0], "the nanny brought a new GPU worker"
+        roles = worker_roles(c)
+        assert roles.gpu and roles.gpu[0] != killed[0][0], f"the nanny brought a new GPU worker: {roles}"
     assert store_status(out, StorageEnv()).state == "complete"
     assert_same_store(store_arrays(out, StorageEnv()), reference)

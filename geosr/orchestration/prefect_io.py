@@ -100,9 +100,13 @@ def ensure_gpu_limit(name: str = DEFAULT_GPU_LIMIT, slots: int = 1, *, update: b
         return int(current.limit)
 
 
-def gpu_slot(name: str | None, timeout_s: float | None = None) -> Callable[[], ContextManager[Any]] | None:
+def gpu_slot(name: str | None, timeout_s: float | None = None,
+             lease_s: float = 60.0) -> Callable[[], ContextManager[Any]] | None:
     """A factory of context managers that hold one slot of the Prefect global concurrency limit ``name``
-    (strict: a missing limit is an error, never a silent free-for-all). None when ``name`` is empty."""
+    (strict: a missing limit is an error, never a silent free-for-all). None when ``name`` is empty.
+
+    The slot is a lease that Prefect renews while it is held; if the holding process dies, the server
+    frees the slot after ``lease_s`` seconds."""
     if not name:
         return None
 
@@ -112,7 +116,7 @@ def gpu_slot(name: str | None, timeout_s: float | None = None) -> Callable[[], C
 
         acquired = False
         try:
-            with concurrency(name, occupy=1, timeout_seconds=timeout_s, strict=True):
+            with concurrency(name, occupy=1, timeout_seconds=timeout_s, lease_duration=lease_s, strict=True):
                 acquired = True
                 yield
         except Exception as e:

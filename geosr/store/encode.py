@@ -43,8 +43,8 @@ def encode(data: np.ndarray, valid: np.ndarray, dtype: str) -> np.ndarray:
             np.rint(scratch, out=scratch)
             np.clip(scratch, 1, 65535, out=scratch)
             bad = invalid | ~np.isfinite(band)
+            scratch[bad] = UINT16_NODATA
             np.copyto(out[i], scratch, casting="unsafe")
-            out[i][bad] = UINT16_NODATA
         else:
             np.copyto(out[i], band, casting="unsafe")
             out[i][invalid | ~np.isfinite(out[i])] = np.nan
