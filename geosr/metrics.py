@@ -22,7 +22,10 @@ from scipy import ndimage
 
 
 def _chw(img: np.ndarray) -> np.ndarray:
-    img = np.asarray(img, dtype=np.float64)
+    """(C, H, W) view of ``img``; floats stay as they are (no full-size float64 copy of a block)."""
+    img = np.asarray(img)
+    if not np.issubdtype(img.dtype, np.floating):
+        img = img.astype(np.float64)
     return img[None] if img.ndim == 2 else img
 
 
@@ -116,7 +119,7 @@ def degrade(img: np.ndarray, scale: int, operator: str = "average", sigma: float
     if h % scale or w % scale:
         raise ValueError(f"image {h}x{w} is not a multiple of scale {scale}")
     if operator == "average":
-        return a.reshape(c, h // scale, scale, w // scale, scale).mean(axis=(2, 4))
+        return a.reshape(c, h // scale, scale, w // scale, scale).mean(axis=(2, 4), dtype=np.float64)
     if operator == "gaussian":
         s = 0.5 * scale if sigma is None else sigma
         blurred = ndimage.gaussian_filter(a, sigma=(0, s, s), mode="reflect")
@@ -138,7 +141,7 @@ class ConsistencyAccumulator:
     n: int = 0
 
     def add(self, degraded: np.ndarray, lowres: np.ndarray, valid: np.ndarray | None = None) -> None:
-        d, x = _chw(degraded), _chw(lowres)
+        d, x = _chw(degraded).astype(np.float64, copy=False), _chw(lowres).astype(np.float64, copy=False)
         l1 = np.abs(d - x).mean(axis=0)
         dot = (d * x).sum(axis=0)
         norm = np.sqrt((d * d).sum(axis=0) * (x * x).sum(axis=0))
@@ -166,7 +169,7 @@ def lr_consistency(sr: np.ndarray, lowres: np.ndarray, scale: int, operator: str
 
 
 def psnr(pred: np.ndarray, truth: np.ndarray, data_range: float = 1.0, valid: np.ndarray | None = None) -> float:
-    p, t = _chw(pred), _chw(truth)
+    p, t = _chw(pred).astype(np.float64), _chw(truth).astype(np.float64)
     err = (p - t) ** 2
     mse = float(err[:, valid].mean()) if valid is not None else float(err.mean())
     return float("inf") if mse == 0 else 10.0 * np.log10(data_range**2 / mse)
@@ -174,7 +177,7 @@ def psnr(pred: np.ndarray, truth: np.ndarray, data_range: float = 1.0, valid: np
 
 def ssim(pred: np.ndarray, truth: np.ndarray, data_range: float = 1.0, sigma: float = 1.5) -> float:
     """Mean SSIM over bands (Wang et al. 2004, Gaussian window sigma 1.5, K1=0.01, K2=0.03)."""
-    p, t = _chw(pred), _chw(truth)
+    p, t = _chw(pred).astype(np.float64), _chw(truth).astype(np.float64)
     c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
     vals = []
     for a, b in zip(p, t):

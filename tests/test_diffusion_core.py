@@ -219,6 +219,12 @@ def test_save_load_roundtrip_and_registry(tiny_model, tmp_path):
     up = build_upsampler("ldm", scale=4, device="cpu", bands=4, seed=0, params={"weights": str(d), "steps": 2})
     np.testing.assert_array_equal(a, up(b))
     assert up.describe()["model_digest"] == tiny_model.spec.digest()
+    # a model's recommended sampling defaults apply unless model.params override them
+    from dataclasses import replace as dc_replace
+
+    dc_replace(tiny_model.spec, sampling={"steps": 3, "sampler": "ddim"}).save(d / "config.json")
+    assert build(scale=4, device="cpu", weights=str(d)).options.steps == 3
+    assert build(scale=4, device="cpu", weights=str(d), steps=1).options.steps == 1
     with pytest.raises(ConfigError):
         build(scale=4, device="cpu", weights=str(d), nosuch=1)
     with pytest.raises(ModelError):

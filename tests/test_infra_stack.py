@@ -156,8 +156,9 @@ DEPLOY = textwrap.dedent('''
 
     params = json.loads(sys.argv[1])
     t0 = time.monotonic()
-    anchor = dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=3)
     dep = flow.from_source(source=os.getcwd(), entrypoint="flows/scene.py:super_resolve_scene")
+    # The server schedules occurrences after the deployment exists: leave the deploy call time to finish.
+    anchor = dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=12)
     dep_id = dep.deploy(name="stack-e2e", work_pool_name=os.environ["GEOSR_STACK_WORK_POOL"], build=False,
                         push=False, parameters=params, print_next_steps=False,
                         schedule=IntervalSchedule(interval=dt.timedelta(hours=1), anchor_date=anchor))
@@ -167,6 +168,8 @@ DEPLOY = textwrap.dedent('''
             while time.monotonic() - t0 < 150:
                 runs = await c.read_flow_runs()
                 due = sorted((r for r in runs if r.deployment_id == dep_id), key=lambda r: r.expected_start_time)
+                if due and (due[0].expected_start_time - dt.datetime.now(dt.timezone.utc)).total_seconds() > 120:
+                    return {"state": "NOT_DUE", "first_run_at": str(due[0].expected_start_time)}
                 if due and due[0].state and due[0].state.is_final():
                     r = due[0]
                     return {"state": r.state_type.value, "message": r.state.message, "auto_scheduled": r.auto_scheduled,

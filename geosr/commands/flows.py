@@ -47,6 +47,7 @@ def add_cluster_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--gpu-workers", type=int, help="embedded cluster: GPU-tagged workers (default: one per GPU)")
     g.add_argument("--dask-threads", action="store_true", help="embedded cluster: workers as threads of this "
                    "process instead of separate processes (one GPU only)")
+    g.add_argument("--dask-dashboard", metavar="ADDRESS", help="embedded cluster: serve the Dask dashboard, e.g. :8787")
     g.add_argument("--gpu-limit", default="geosr-gpu", help="Prefect global concurrency limit guarding the GPUs "
                    "(default geosr-gpu; '' for none)")
     g.add_argument("--gpu-slots", type=int, default=1, help="slots of the GPU limit when it has to be created "
@@ -63,7 +64,8 @@ def settings_from_args(args: argparse.Namespace) -> Any:
 
     return RunSettings(dask_address=args.dask_address or None, cpu_workers=args.cpu_workers,
                        cpu_threads=args.cpu_threads, gpu_workers=args.gpu_workers,
-                       dask_processes=not args.dask_threads, gpu_limit=args.gpu_limit or None,
+                       dask_processes=not args.dask_threads, dask_dashboard=args.dask_dashboard,
+                       gpu_limit=args.gpu_limit or None,
                        prefetch=args.prefetch, max_concurrent_scenes=args.max_concurrent_scenes,
                        lease_ttl_s=args.lease_ttl, quicklook=not args.no_quicklook,
                        quicklook_url_map=args.quicklook_url_map)

@@ -95,6 +95,7 @@ class ModelSpec:
     autoencoder: AutoencoderSpec = field(default_factory=AutoencoderSpec)
     denoiser: DenoiserSpec = field(default_factory=DenoiserSpec)
     schedule: ScheduleSpec = field(default_factory=ScheduleSpec)
+    sampling: dict[str, Any] = field(default_factory=dict)  # recommended SamplingOptions (model.params override)
     format_version: int = FORMAT_VERSION
     trained: dict[str, Any] = field(default_factory=dict)  # provenance of the weights (data, steps, time)
 

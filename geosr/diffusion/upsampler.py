@@ -3,7 +3,7 @@
 Registered as ``ldm``. ``model.params`` (config) -> :func:`build` keywords:
 
 ``weights``      checkpoint directory (config.json + safetensors); default: the bundled model
-``steps``        sampler steps, 1..50 (default 2)
+``steps``        sampler steps, 1..50 (default: the model's ``sampling`` defaults in config.json, else 2)
 ``sampler``      ``dpmpp`` (DPM-Solver++) or ``ddim``
 ``eta``          0 (deterministic) .. 1 (stochastic; noise injected per step, position-keyed)
 ``keyed_noise``  true (seamless, default) / false (independent noise per tile, LDSR-S2 behaviour)
@@ -138,6 +138,10 @@ def build(*, scale: int, batch_size: int = 16, device: str = "auto", bands: int 
     if bands is not None and bands != model.spec.bands:
         raise ConfigError(f"the input has {bands} bands but the model at {path} takes {model.spec.bands}; "
                           "select bands with input.bands")
+    bad = set(model.spec.sampling) - _OPTION_KEYS
+    if bad:
+        raise ModelError(f"{path}/config.json: sampling keys {sorted(bad)} are unknown")
+    opts = SamplingOptions(**{**model.spec.sampling, **params})  # the model's recommended defaults, then config
     return LatentDiffusionUpsampler(model, scale=scale, batch_size=batch_size, device=dev,
-                                    options=SamplingOptions(**params), weights=str(weights or "bundled"),
+                                    options=opts, weights=str(weights or "bundled"),
                                     channels_last=channels_last, compile=compile)

@@ -78,7 +78,8 @@ def embedded_cluster(spec: ClusterSpec) -> Any:
         if spec.processes and gpus > 1 and i < gpus:
             opts["env"] = {"CUDA_VISIBLE_DEVICES": _device_for(i)}
         workers[f"gpu-{i}"] = {"cls": cls, "options": opts}
-    scheduler = {"cls": Scheduler, "options": {"host": "127.0.0.1", "dashboard_address": spec.dashboard_address,
+    # the scheduler's HTTP server (health, and the dashboard when asked for) on a free port unless told
+    scheduler = {"cls": Scheduler, "options": {"host": "127.0.0.1", "dashboard_address": spec.dashboard_address or ":0",
                                                "dashboard": spec.dashboard_address is not None}}
     log.info("starting %s", spec.describe())
     return SpecCluster(workers=workers, scheduler=scheduler, name="geosr", silence_logs=logging.WARNING)

@@ -98,10 +98,10 @@ def is_transient(exc: BaseException) -> bool:
 class RetryPolicy:
     """``attempts`` tries in all, sleeping ``base * factor**k`` (capped at ``max_delay``, +-25 % jitter)."""
 
-    attempts: int = 6
+    attempts: int = 8  # with the defaults: about a minute of waiting in all (rides out a storage restart)
     base: float = 0.5
     factor: float = 2.0
-    max_delay: float = 20.0
+    max_delay: float = 30.0
 
     def delay(self, attempt: int) -> float:
         d = min(self.max_delay, self.base * self.factor**attempt)

@@ -22,6 +22,7 @@ class RunSettings(BaseModel):
     gpu_workers: int | None = Field(default=None, ge=1, description="embedded cluster: GPU-tagged workers "
                                     "(default: one per visible GPU, at least one)")
     dask_processes: bool = Field(default=True, description="embedded cluster: workers in their own processes")
+    dask_dashboard: str | None = Field(default=None, description="embedded cluster: dashboard address, e.g. ':8787'")
     gpu_limit: str | None = Field(default=DEFAULT_GPU_LIMIT, description="Prefect global concurrency limit "
                                   "guarding the GPUs (strict: it must exist); empty: no limit")
     gpu_wait_s: float = Field(default=300.0, gt=0, description="how long to wait for a GPU worker to join")
@@ -36,7 +37,7 @@ class RunSettings(BaseModel):
     def cluster_spec(self) -> ClusterSpec:
         return ClusterSpec(address=self.dask_address or None, cpu_workers=self.cpu_workers,
                            cpu_threads=self.cpu_threads, gpu_workers=self.gpu_workers,
-                           processes=self.dask_processes)
+                           processes=self.dask_processes, dashboard_address=self.dask_dashboard or None)
 
     def lease(self) -> LeaseOptions:
         return LeaseOptions(ttl=self.lease_ttl_s, wait=self.lease_wait_s)

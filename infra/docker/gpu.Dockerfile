@@ -9,8 +9,11 @@
 # Layers, from least to most often changed: CUDA base -> Python -> torch (CUDA build) -> pinned
 # dependencies (requirements/gpu.txt) -> geosr itself -> configs, weights, entrypoint.
 #
-# Model weights: baked in from MODELS_DIR (a directory inside the build context, default empty), and/or
-# fetched from object storage at container start when GEOSR_WEIGHTS_URI is set (see entrypoint.sh).
+# Model weights: the bundled model ships inside the geosr package; more checkpoints are baked in from
+# MODELS_DIR (a directory inside the build context, default: only a README) to /opt/geosr/models/NAME,
+# and/or fetched from object storage at container start into /var/lib/geosr/weights/NAME when
+# GEOSR_WEIGHTS_URI=s3://bucket/.../NAME is set (see entrypoint.sh). Point the run config at it:
+# model.params.weights=/opt/geosr/models/NAME or /var/lib/geosr/weights/NAME.
 #
 # The CUDA base only has to provide the driver-facing bits: the torch wheel brings its own CUDA
 # libraries (cuBLAS, cuDNN, ...) as pip packages. CUDA_FLAVOR=base keeps the image ~3 GB smaller than
@@ -63,20 +66,25 @@ RUN groupadd --gid 10001 geosr && useradd --uid 10001 --gid 10001 --create-home 
 COPY --from=build /opt/python /opt/python
 COPY --from=build /opt/venv /opt/venv
 COPY configs /opt/geosr/configs
+# Flow code and deployment definitions: flow-run pods that get a GPU themselves use this image too.
+COPY flows /opt/geosr/flows
+COPY prefect.yaml /opt/geosr/prefect.yaml
 COPY ${MODELS_DIR}/ /opt/geosr/models/
 COPY --chmod=0755 infra/docker/entrypoint.sh /opt/geosr/bin/entrypoint.sh
 COPY --chmod=0644 infra/docker/fetch_weights.py /opt/geosr/bin/fetch_weights.py
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONPATH=/opt/geosr \
     NVIDIA_VISIBLE_DEVICES=all \
     NVIDIA_DRIVER_CAPABILITIES=compute,utility \
     GEOSR_CONFIG_DIR=/opt/geosr/configs \
     GEOSR_MODEL_DIR=/opt/geosr/models \
     GEOSR_WEIGHTS_DIR=/var/lib/geosr/weights \
-    DASK_TEMPORARY_DIRECTORY=/var/lib/geosr/dask
+    DASK_TEMPORARY_DIRECTORY=/var/lib/geosr/dask \
+    PREFECT_HOME=/var/lib/geosr/prefect
 USER 10001:10001
-WORKDIR /home/geosr
+WORKDIR /opt/geosr
 ENTRYPOINT ["/opt/venv/bin/dumb-init", "--", "/opt/geosr/bin/entrypoint.sh"]
 # One worker per GPU, one thread: the model step is batched on the device, not threaded.
 CMD ["dask", "worker", "--nthreads", "1", "--resources", "GPU=1", "--no-dashboard"]

@@ -1,6 +1,6 @@
 """A local geosr stack as plain processes on 127.0.0.1 (no Docker): Prefect server (SQLite), SeaweedFS
 (S3), a Dask scheduler with CPU workers and GPU-tagged workers (``--resources GPU=1``), and a Prefect
-process worker for the work pool ``geosr-local``.
+process worker for the work pool ``geosr`` (prefect.yaml's), so ``prefect deploy --all`` targets it.
 
     python infra/stack/stack.py up        # start (idempotent); prints the env vars / flags to use
     python infra/stack/stack.py status    # health of every part; exit 1 if anything is down
@@ -14,7 +14,7 @@ Prefect database, SeaweedFS data, Dask scratch, ``env.sh``. Ports are chosen by 
 unset = the usual port (4200, 8333, 8786, 8787) if it is free, else a free one; ``0`` = always a free
 one; a number = exactly that port (an error if it is taken). SeaweedFS's internal ports are always free
 ones. Other knobs: GEOSR_STACK_CPU_WORKERS (2), GEOSR_STACK_CPU_THREADS (1), GEOSR_STACK_GPU_WORKERS (1),
-GEOSR_STACK_BUCKET (geosr), GEOSR_STACK_WORK_POOL (geosr-local), GEOSR_STACK_PREFECT_WORKER (1: start the
+GEOSR_STACK_BUCKET (geosr), GEOSR_STACK_WORK_POOL (geosr, as in prefect.yaml), GEOSR_STACK_PREFECT_WORKER (1: start the
 process worker), GEOSR_STACK_GPU_LIMIT (geosr-gpu: the Prefect global concurrency limit geosr flows hold
 while using the GPUs, created with one slot per GPU-tagged worker), GEOSR_STACK_PREFECT_UI (1),
 GEOSR_STACK_START_TIMEOUT (120 s).
@@ -151,7 +151,7 @@ class Settings:
             # Local, throw-away credentials of this stack's SeaweedFS (not secrets of anything else).
             access_key=os.environ.get("GEOSR_STACK_S3_ACCESS_KEY", "geosr-stack"),
             secret_key=os.environ.get("GEOSR_STACK_S3_SECRET_KEY", "geosr-stack-secret"),
-            work_pool=os.environ.get("GEOSR_STACK_WORK_POOL", "geosr-local"),
+            work_pool=os.environ.get("GEOSR_STACK_WORK_POOL", "geosr"),  # prefect.yaml's work pool
             gpu_limit=os.environ.get("GEOSR_STACK_GPU_LIMIT", "geosr-gpu"),
             prefect_worker=_env_bool("GEOSR_STACK_PREFECT_WORKER", True),
             prefect_ui=_env_bool("GEOSR_STACK_PREFECT_UI", True),
@@ -175,16 +175,24 @@ class Settings:
         return f"tcp://{HOST}:{self.ports['dask']}"
 
     def client_env(self) -> dict[str, str]:
-        """What a shell, a flow run or a worker needs to use this stack."""
+        """What a shell, a flow run or a worker needs to use this stack (prefect.yaml reads GEOSR_HOME,
+        GEOSR_DASK_ADDRESS, GEOSR_SOURCE and GEOSR_OUTPUT_PREFIX at deploy time)."""
         return {
             "PREFECT_API_URL": self.prefect_api_url,
             "GEOSR_DASK_ADDRESS": self.dask_address,
             "DASK_SCHEDULER_ADDRESS": self.dask_address,  # distributed.Client() with no address uses it
             "AWS_ACCESS_KEY_ID": self.access_key,
             "AWS_SECRET_ACCESS_KEY": self.secret_key,
-            "AWS_ENDPOINT_URL": self.s3_endpoint,
+            "AWS_ENDPOINT_URL": self.s3_endpoint,  # botocore / s3fs
             "AWS_REGION": "us-east-1",
             "AWS_EC2_METADATA_DISABLED": "true",
+            # GDAL's /vsis3/ (input reads) does not read AWS_ENDPOINT_URL
+            "AWS_S3_ENDPOINT": f"{HOST}:{self.ports['s3']}",
+            "AWS_HTTPS": "NO",
+            "AWS_VIRTUAL_HOSTING": "FALSE",
+            "GEOSR_HOME": str(ROOT),
+            "GEOSR_SOURCE": f"s3://{self.bucket}/inbox/",
+            "GEOSR_OUTPUT_PREFIX": f"s3://{self.bucket}/geosr",
             "GEOSR_STACK_BUCKET": self.bucket,
             "GEOSR_STACK_WORK_POOL": self.work_pool,
         }
@@ -614,7 +622,9 @@ Flows against the stack (same flow code as on a cluster; PREFECT_API_URL etc. fr
   geosr flows run-scene s3://{b}/in/scene.tif s3://{b}/out/scene.zarr --dask-address {s.dask_address} \\
       --endpoint-url {s.s3_endpoint}
   geosr flows serve --dask-address {s.dask_address}        # deployments served from one process
-  prefect deploy --all --pool {s.work_pool}                   # or deploy to the stack's process worker
+  prefect deploy --all                # prefect.yaml's deployments -> the stack's worker (pool {s.work_pool})
+  prefect deployment run super-resolve-scene/on-demand -p input_uri=s3://{b}/in/scene.tif \\
+      -p output_uri=s3://{b}/out/scene.zarr
 Stop it: make stack-down   (logs stay in {sdir / 'logs'}; `make stack-down PURGE=1` deletes data too)
 """
 
