@@ -79,6 +79,21 @@ def test_training_losses_fall_and_checkpoint_loads(train_spec, tmp_path):
     assert m.spec.autoencoder.scaling_factor == pytest.approx(cfg["autoencoder"]["scaling_factor"])
 
 
+def test_one_step_finetune_lowers_pixel_loss_and_sets_sampling(train_spec, tmp_path):
+    out = tmp_path / "run"
+    spec = replace(train_spec, ae_steps=30, denoiser_steps=20, finetune_steps=60, finetune_lr=3e-3, val_every=60,
+                   checkpoint_every=30)
+    tr = Trainer(SPEC, spec, out, log_fn=lambda m: None)
+    tr.run()
+    ft = tr.losses["finetune"]
+    assert len(ft) == 60 and np.mean(ft[-15:]) < np.mean(ft[:10])
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["sampling"] == {"steps": 1, "sampler": "dpmpp"} and cfg["trained"]["finetune_steps"] == 60
+    with pytest.raises(Exception):
+        other = replace(SPEC, denoiser=replace(SPEC.denoiser, block_out_channels=(8, 16)))
+        Trainer(other, spec, out, log_fn=lambda m: None)
+
+
 def test_training_resumes_where_it_stopped(train_spec, tmp_path):
     out = tmp_path / "run"
     short = replace(train_spec, ae_steps=20, denoiser_steps=20)

@@ -195,6 +195,18 @@ def test_three_scenes_at_once_share_one_gpu_worker_through_a_limit_of_one(prefec
         assert_same_store(store_arrays(f"{prefix}/{n}.zarr", StorageEnv()), reference[n])
 
 
+def test_gpu_limit_cli_creates_and_resizes_the_limit(prefect_api, capsys):
+    from prefect.client.orchestration import get_client
+
+    from geosr.cli import main
+
+    assert main(["flows", "gpu-limit", "--name", "geosr-gpu-cli", "--slots", "2"]) == 0
+    assert main(["flows", "gpu-limit", "--name", "geosr-gpu-cli", "--slots", "3"]) == 0
+    assert "geosr-gpu-cli: 3 slot(s)" in capsys.readouterr().out
+    with get_client(sync_client=True) as client:
+        assert client.read_global_concurrency_limit_by_name("geosr-gpu-cli").limit == 3
+
+
 def test_a_missing_gpu_limit_fails_the_scene_strictly(prefect_api, address, scenes, tmp_path):
     from flows.scene import super_resolve_scene
 

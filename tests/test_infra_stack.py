@@ -231,6 +231,73 @@ def test_scheduled_deployment_end_to_end(stack, tmp_path):
     assert all(not v or v.get("blocks", 0) == 0 for v in cpu_calls.values()), stats
 
 
+PREFECT_YAML = textwrap.dedent('''
+    """`prefect deploy --all` (the repository's prefect.yaml) against the stack, check the cron schedule of the
+    scheduled deployment is registered, then run that deployment now and print its state and logs."""
+    import asyncio, json, subprocess, sys
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.deployments import run_deployment
+
+    r = subprocess.run([sys.executable, "-m", "prefect", "--no-prompt", "deploy", "--all"], capture_output=True,
+                       text=True, timeout=120)
+    if r.returncode:
+        print(json.dumps({"state": "DEPLOY_FAILED", "out": (r.stdout + r.stderr)[-3000:]}))
+        sys.exit(0)
+    params = json.loads(sys.argv[1])
+    fr = run_deployment("process-new-scenes/scheduled", parameters=params, timeout=150)
+
+    async def info():
+        async with get_client() as c:
+            d = await c.read_deployment_by_name("process-new-scenes/scheduled")
+            runs = await c.read_flow_runs()
+            logs = await c.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[fr.id])))
+            return {"state": fr.state.type.value, "message": fr.state.message,
+                    "cron": [getattr(s.schedule, "cron", None) for s in d.schedules if s.active],
+                    "auto_scheduled": sum(1 for x in runs if x.deployment_id == d.id and x.auto_scheduled),
+                    "deployments": sorted(f"{x.name}" for x in await c.read_deployments()),
+                    "logs": [l.message for l in logs][-25:]}
+
+    print(json.dumps(asyncio.run(info())))
+''')
+
+
+def test_prefect_yaml_scheduled_deployment_on_the_stack(stack, tmp_path):
+    """The repository's prefect.yaml deployed as-is to the stack (`prefect deploy --all` with env.sh's
+    variables): its cron-scheduled `process-new-scenes/scheduled` deployment is registered with upcoming runs,
+    and a run of it, executed by the stack's worker, super-resolves the scene waiting in the inbox."""
+    if not (ROOT / "prefect.yaml").is_file():
+        pytest.skip("prefect.yaml not in the repository")
+    sys.path.insert(0, str(ROOT / "tests"))
+    from data.synthetic import make_geotiff
+
+    from geosr.config import StorageConfig
+    from geosr.io.storage import StorageEnv
+    from geosr.orchestration.jobs import scene_output_uri
+    from geosr.store import store_status
+
+    s = stack["settings"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "AWS_", "DASK_", "GEOSR_"))}
+    env.update(s.client_env())
+    env["PREFECT_HOME"] = str(tmp_path / "prefect-client")
+    scene = f"inbox-{uuid.uuid4().hex[:6]}"
+    tif = make_geotiff(tmp_path / f"{scene}.tif", height=96, width=128, bands=4, seed=5)
+    stackmod.s3_client(s).put(str(tif), f"{env['GEOSR_SOURCE'].removeprefix('s3://')}{scene}.tif")
+    (tmp_path / "yaml_deploy.py").write_text(PREFECT_YAML)
+    # A prefix inbox has neither cloud cover nor acquisition dates: the deployment's STAC-oriented filters
+    # (max_cloud_cover, lookback_days) would refuse it / filter every scene out, so they are turned off.
+    params = {"max_cloud_cover": None, "lookback_days": None}
+    r = subprocess.run([PY, str(tmp_path / "yaml_deploy.py"), json.dumps(params)], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=290)
+    assert r.returncode == 0, r.stdout + r.stderr
+    res = json.loads(r.stdout.strip().splitlines()[-1])
+    assert res["state"] == "COMPLETED", json.dumps(res, indent=1) + _logs(stack["state"])
+    assert res["cron"] and res["auto_scheduled"] >= 1, res
+    out = scene_output_uri(env["GEOSR_OUTPUT_PREFIX"], "sentinel-2-l2a", scene)
+    st = store_status(out, StorageEnv(StorageConfig(endpoint_url=s.s3_endpoint)))
+    assert st.state == "complete", f"{out}: {st}\n" + "\n".join(res["logs"])
+
+
 # ------------------------------------------------------------------------------------------ teardown
 
 

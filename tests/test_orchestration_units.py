@@ -179,8 +179,8 @@ def test_lease_of_a_dead_local_process_is_taken_over_at_once(tmp_path):
 
 def test_heartbeat_keeps_a_short_lease_alive(tmp_path):
     out = str(tmp_path / "scene.zarr")
-    with SceneLease(out, StorageEnv(), ttl=0.6, poll=0.05).hold() as lease:
-        time.sleep(1.5)  # well past the ttl: renewed every 0.2 s
+    with SceneLease(out, StorageEnv(), ttl=1.0, poll=0.05).hold() as lease:
+        time.sleep(2.0)  # well past the ttl: renewed every ~0.33 s
         other = SceneLease(out, StorageEnv(), ttl=5, poll=0.05)
         with pytest.raises(SceneLockedError):
             other.acquire(wait=0)
@@ -338,3 +338,21 @@ def test_scene_markdown_and_helpers():
     assert public_url("s3://b/x/a.png", "s3://b/=https://cdn.example/b/") == "https://cdn.example/b/x/a.png"
     assert public_url("s3://b/x/a.png") is None
     assert public_url("/data/a.png") == "file:///data/a.png"
+
+
+def test_lease_on_s3_uses_conditional_writes(s3_bucket):
+    out = s3_bucket.uri("geosr/x.zarr")
+    key = "geosr/x.lease.json"
+    a = SceneLease(out, s3_bucket.env, ttl=2.0, label="a", poll=0.05)
+    a.acquire()
+    b = SceneLease(out, s3_bucket.env, ttl=30, label="b", poll=0.05)
+    with pytest.raises(SceneLockedError, match="a"):
+        b.acquire(wait=0)  # If-None-Match: * refused the second create
+    time.sleep(2.1)
+    b.acquire(wait=1)  # took the expired lease over with If-Match on a's ETag
+    assert not a.renew() and a.lost
+    a.release()  # a's conditional delete must not remove b's lease
+    body = s3_bucket.client.get_object(Bucket=s3_bucket.name, Key=key)["Body"].read()
+    assert LeaseRecord.from_bytes(body).owner == b.owner
+    b.release()
+    assert key not in s3_bucket.keys()

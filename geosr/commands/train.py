@@ -19,6 +19,7 @@ def register(subparsers) -> None:
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (override train.device)")
     p.add_argument("--ae-steps", type=int, default=None)
     p.add_argument("--denoiser-steps", type=int, default=None)
+    p.add_argument("--finetune-steps", type=int, default=None, help="stage 3: one-step pixel-loss fine-tuning steps")
     p.add_argument("--batch", type=int, default=None)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--time-limit", type=float, default=None, help="seconds; save and stop the denoiser stage after it")
@@ -47,6 +48,7 @@ def run(args: argparse.Namespace) -> int:
         tr = {**tr, "data": {**tr.get("data", {}), "files": list(args.data)}}
     cfg = train_spec_from_dict(tr)
     over = {k: v for k, v in {"device": args.device, "ae_steps": args.ae_steps, "denoiser_steps": args.denoiser_steps,
+                              "finetune_steps": args.finetune_steps,
                               "batch": args.batch, "threads": args.threads, "time_limit_s": args.time_limit}.items()
             if v is not None}
     cfg = replace(cfg, **over)

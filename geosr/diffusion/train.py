@@ -51,6 +51,9 @@ class TrainSpec:
     device: str = "cpu"
     log_every: int = 25
     time_limit_s: float = 0.0  # stop the current stage (and save) after this long; 0 = none
+    finetune_steps: int = 0  # stage 3: one-step fine-tuning with a pixel loss (0 = off)
+    finetune_lr: float = 2e-4
+    finetune_v_weight: float = 0.5  # weight of the ordinary v-prediction loss kept during stage 3
 
 
 def _batch_rng(seed: int, stage: int, step: int) -> np.random.Generator:
@@ -138,8 +141,7 @@ class Trainer:
             return
         saved = json.loads(st.read_text())
         saved_spec = ModelSpec.from_dict(saved["spec"])
-        if replace(saved_spec, trained={}).digest() != replace(self.spec, trained={}).digest() and \
-                saved_spec.autoencoder.scaling_factor == self.spec.autoencoder.scaling_factor:
+        if _arch_digest(saved_spec) != _arch_digest(self.spec):
             raise ModelError(f"{self.out} holds a run of a different architecture; use another --out or delete it")
         self.spec = saved_spec
         self.model = LatentSR(saved_spec).to(self.dev)
@@ -183,7 +185,8 @@ class Trainer:
             "dn_scale": d.dn_scale, "holdout_east_fraction": d.holdout, "train_pixels_hr": self.train_data.pixels,
             "heldout_pixels_hr": self.val_data.pixels, "patch": d.patch, "batch": self.cfg.batch,
             "degradation": asdict(d.degradation), "autoencoder_steps": self.state["ae_step"],
-            "denoiser_steps": self.state["denoiser_step"], "elapsed_s": round(self.state["elapsed_s"], 1),
+            "denoiser_steps": self.state["denoiser_step"], "finetune_steps": self.state.get("finetune_step", 0),
+            "elapsed_s": round(self.state["elapsed_s"], 1),
             "device": self.cfg.device, "threads": torch.get_num_threads(), "torch": torch.__version__,
             "autoencoder_params": count_parameters(self.model.autoencoder),
             "denoiser_params": count_parameters(self.model.denoiser),
@@ -315,8 +318,9 @@ class Trainer:
                 self.ema[k].copy_(v)
 
     @torch.no_grad()
-    def validate(self) -> dict[str, float]:
-        """PSNR of the EMA model (2-step DPM-Solver++) and of the consistent bicubic base on held-out patches."""
+    def validate(self, steps: int | None = None) -> dict[str, float]:
+        """PSNR of the EMA model (``few_steps``-step DPM-Solver++) and of the consistent bicubic base on
+        held-out patches."""
         from .pipeline import SamplingOptions, super_resolve
 
         ema_model = LatentSR(self.spec).to(self.dev)
@@ -328,7 +332,8 @@ class Trainer:
             lr, hr = self.val_data.batch(self.cfg.batch, _batch_rng(self.cfg.seed, 3, i))
             lr, hr = lr.to(self.dev), hr.to(self.dev)
             origins = np.zeros((lr.shape[0], 2), dtype=np.int64)
-            sr = super_resolve(ema_model, lr, origins, seed=0, options=SamplingOptions(steps=self.cfg.few_steps))
+            sr = super_resolve(ema_model, lr, origins, seed=0,
+                               options=SamplingOptions(steps=steps or self.cfg.few_steps))
             base = consistent_base(lr, self.spec.scale, self.spec.base, "average", self.spec.base_iterations)
             mse_m.append(float(F.mse_loss(sr, hr)))
             mse_b.append(float(F.mse_loss(base, hr)))
@@ -341,7 +346,83 @@ class Trainer:
                  f"denoiser {count_parameters(self.model.denoiser)} params")
         self.train_autoencoder()
         self.train_denoiser()
+        self.finetune_one_step()
         return self.out
+
+    def finetune_one_step(self) -> None:
+        """Stage 3 (optional): fine-tune the denoiser so that ONE sampler step from pure noise, decoded and
+        projected, minimises the pixel MSE against the truth (back-propagating through the frozen decoder
+        and the exact block-average projection), while keeping the v-prediction loss at random timesteps
+        with weight ``finetune_v_weight``. It turns the 1-step sampler into a PSNR-oriented conditional-mean
+        estimator (multi-step sampling stays available); the model's recommended sampling becomes 1 step."""
+        from diffusers import DDPMScheduler
+
+        from .consistency import project
+
+        cfg, m = self.cfg, self.model
+        start = int(self.state.get("finetune_step", 0))
+        if cfg.finetune_steps <= 0 or start >= cfg.finetune_steps:
+            return
+        if start == 0:  # start from the EMA weights, with a fresh optimiser
+            m.denoiser.load_state_dict(self.ema)
+            self.opt_dn = torch.optim.AdamW(m.denoiser.parameters(), lr=cfg.finetune_lr, weight_decay=0.0)
+            self.state["stage"] = "finetune"
+        sched = DDPMScheduler(**self.spec.schedule.scheduler_config())
+        ac = sched.alphas_cumprod.to(self.dev)
+        T = self.spec.schedule.num_train_timesteps - 1
+        m.autoencoder.eval().requires_grad_(False)
+        m.denoiser.train()
+        prog = Progress("finetune", cfg.finetune_steps, start, cfg.log_every)
+        t0 = time.perf_counter()
+        s2 = self.spec.residual_scale ** 2
+        for step in range(start + 1, cfg.finetune_steps + 1):
+            rng = _batch_rng(cfg.seed, 4, step)
+            lr, hr = self.train_data.batch(cfg.batch, rng)
+            lr, hr = lr.to(self.dev), hr.to(self.dev)
+            base = consistent_base(lr, self.spec.scale, self.spec.base, "average", self.spec.base_iterations)
+            with torch.no_grad():
+                z0 = m.encode(hr - base)
+            cond = m.condition(lr, tuple(z0.shape[-2:]))
+            noise = torch.from_numpy(rng.standard_normal(z0.shape).astype(np.float32)).to(self.dev)
+            tT = torch.full((z0.shape[0],), T, device=self.dev, dtype=torch.long)
+            x_T = sched.add_noise(z0, noise, tT)
+            v = m.denoise(x_T, tT, cond)
+            x0 = ac[T].sqrt() * x_T - (1 - ac[T]).sqrt() * v
+            out = project(base + m.decode(x0), lr, self.spec.scale, "average", iterations=0)
+            pix = F.mse_loss(out, hr) / s2
+            t = self._timesteps(z0.shape[0], rng).to(self.dev)
+            noise2 = torch.from_numpy(rng.standard_normal(z0.shape).astype(np.float32)).to(self.dev)
+            vloss = F.mse_loss(m.denoise(sched.add_noise(z0, noise2, t), t, cond), sched.get_velocity(z0, noise2, t))
+            loss = pix + cfg.finetune_v_weight * vloss
+            for g in self.opt_dn.param_groups:
+                g["lr"] = cfg.finetune_lr * _cosine(step, cfg.finetune_steps, warmup=50)
+            self.opt_dn.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(m.denoiser.parameters(), 1.0)
+            self.opt_dn.step()
+            self._ema_update(step)
+            self.state["finetune_step"] = step
+            self.losses.setdefault("finetune", []).append(float(pix.detach()))
+            extra = ""
+            if step % cfg.val_every == 0 or step == cfg.finetune_steps:
+                val = self.validate(steps=1)
+                self.state["history"].append({"step": f"finetune {step}", **val})
+                extra = " ".join(f"{k} {v:.4f}" for k, v in val.items())
+            prog.update(step, float(pix.detach()), extra)
+            if step % cfg.checkpoint_every == 0 or step == cfg.finetune_steps:
+                self.state["elapsed_s"] += time.perf_counter() - t0
+                t0 = time.perf_counter()
+                if step == cfg.finetune_steps:
+                    self.state["stage"] = "done"
+                    self.spec = replace(self.spec, sampling={"steps": 1, "sampler": "dpmpp"})
+                    m.spec = self.spec
+                self.save()
+
+
+def _arch_digest(spec: ModelSpec) -> str:
+    """Digest of what a run cannot change midway (everything but training outputs)."""
+    return replace(spec, trained={}, sampling={},
+                   autoencoder=replace(spec.autoencoder, scaling_factor=1.0)).digest()
 
 
 def _cosine(step: int, total: int, warmup: int = 50) -> float:

@@ -512,7 +512,7 @@ def up(timeout: float) -> Settings:
                 str(BIN / "prefect"), "worker", "start", "--pool", s.work_pool, "--type", "process",
                 "--name", "geosr-stack-worker",
             ], _base_env({**client_env, "PREFECT_HOME": str(prefect_home), "PYTHONPATH": str(ROOT),
-                          "PREFECT_LOGGING_LEVEL": "INFO"})))
+                          "PREFECT_LOGGING_LEVEL": "INFO", "PREFECT_WORKER_QUERY_SECONDS": "5"})))
         def workers_ready() -> bool:
             w = dask_workers(s) or {}
             return w.get("gpu", 0) >= s.gpu_workers and w.get("cpu", 0) >= s.cpu_workers
