@@ -16,7 +16,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-kv = pytest.importorskip("kubernetes_validate", reason="pip install kubernetes-validate==1.37.0")
+try:
+    import kubernetes_validate as kv
+except ImportError:  # the schema tests skip; parsing, references and the job template are still checked
+    kv = None
 jsonschema = pytest.importorskip("jsonschema")
 from referencing import Registry, Resource  # noqa: E402  (jsonschema's dependency)
 
@@ -26,7 +29,8 @@ sys.path.insert(0, str(K8S))
 from render import load_yaml_docs, render  # noqa: E402
 
 # Oldest Kubernetes minor the manifests promise to work on, and the newest kubernetes-validate knows.
-K8S_VERSIONS = ("1.30", kv.latest_version())
+K8S_VERSIONS = ("1.30", kv.latest_version() if kv else "latest")
+needs_kv = pytest.mark.skipif(kv is None, reason="pip install kubernetes-validate==1.37.0")
 DASK_KUBERNETES_VERSION = "2026.3.0"
 CRD_SCHEMAS = K8S / "schemas" / f"dask-kubernetes-{DASK_KUBERNETES_VERSION}"
 KUSTOMIZATIONS = ["base", "overlays/gpu-8"]
@@ -79,6 +83,7 @@ def test_every_file_parses():
 # ------------------------------------------------------------------------------------------ schemas
 
 
+@needs_kv
 @pytest.mark.parametrize("version", K8S_VERSIONS)
 def test_core_objects_validate_strict(rendered, examples, version):
     name, docs = rendered
@@ -93,6 +98,7 @@ def test_core_objects_validate_strict(rendered, examples, version):
                         f"{'.'.join(map(str, e.path))}: {e.message}")
 
 
+@needs_kv
 def test_strict_validation_catches_a_typo(rendered):
     _, docs = rendered
     dep = copy.deepcopy(next(d for d in docs if d["kind"] == "Deployment"))
@@ -112,6 +118,7 @@ def test_dask_resources_validate_against_the_operator_crd(rendered):
         assert not errs, f"{name}: {d['kind']}/{d['metadata']['name']}: {errs}"
 
 
+@needs_kv
 @pytest.mark.parametrize("version", K8S_VERSIONS)
 def test_dask_pod_templates_validate_strict(rendered, version):
     name, docs = rendered
@@ -294,6 +301,7 @@ def test_base_job_template_placeholders_are_declared():
     jsonschema.Draft202012Validator.check_schema(tpl["variables"])
 
 
+@needs_kv
 @pytest.mark.parametrize("version", K8S_VERSIONS)
 def test_base_job_template_renders_a_valid_gpu_job(version):
     job = _render_job()

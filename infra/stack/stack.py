@@ -435,13 +435,17 @@ def load_settings(sdir: Path) -> Settings | None:
     return Settings(**json.loads(p.read_text()))
 
 
+def expected_procs(s: Settings) -> list[str]:
+    return [n for n in ORDER if (n != "prefect-worker" or s.prefect_worker)
+            and (n != "dask-cpu-workers" or s.cpu_workers)]
+
+
 def up(timeout: float) -> Settings:
     sdir = state_dir()
     running = {n: p for n, p in load_procs(sdir).items() if p.alive()}
     if running:
         s = load_settings(sdir)
-        expected = set(ORDER) if (s and s.prefect_worker) else set(ORDER) - {"prefect-worker"}
-        if s and set(running) >= expected:
+        if s and set(running) >= set(expected_procs(s)):
             print(f"geosr stack already running in {sdir}")
             return s
         raise StackError(f"a partial stack is running in {sdir} ({', '.join(sorted(running))}); "
@@ -581,23 +585,22 @@ def status() -> dict[str, Any]:
     if s is None:
         res["healthy"] = False
         return res
-    workers = dask_workers(s)
+    alive = {n for n, p in procs.items() if p.alive()}  # do not wait on network timeouts for dead parts
+    prefect_ok = "prefect-server" in alive and http_ok(f"{s.prefect_api_url}/health")
+    workers = dask_workers(s) if "dask-scheduler" in alive else None
     res.update({
-        "prefect": {"url": s.prefect_api_url, "healthy": http_ok(f"{s.prefect_api_url}/health")},
-        "s3": {"endpoint": s.s3_endpoint, "bucket": s.bucket, "healthy": s3_ok(s)},
+        "prefect": {"url": s.prefect_api_url, "healthy": prefect_ok},
+        "s3": {"endpoint": s.s3_endpoint, "bucket": s.bucket, "healthy": "seaweedfs" in alive and s3_ok(s)},
         "dask": {"address": s.dask_address, "dashboard": f"http://{HOST}:{s.ports['dashboard']}/status",
                  "workers": workers, "healthy": bool(workers and workers["gpu"] >= 1)},
         "env": s.client_env(),
     })
     if s.prefect_worker:
-        res["work_pool"] = {"name": s.work_pool, "healthy": _pool_exists(s)}
+        res["work_pool"] = {"name": s.work_pool, "healthy": prefect_ok and "prefect-worker" in alive and _pool_exists(s)}
     if s.gpu_limit:
-        code, lim = _api(s, "GET", f"/v2/concurrency_limits/{s.gpu_limit}") if res["prefect"]["healthy"] else (0, None)
+        code, lim = _api(s, "GET", f"/v2/concurrency_limits/{s.gpu_limit}") if prefect_ok else (0, None)
         res["gpu_limit"] = {"name": s.gpu_limit, "slots": (lim or {}).get("limit"), "healthy": code == 200}
-    expected = [n for n in ORDER if n != "prefect-worker" or s.prefect_worker]
-    if not s.cpu_workers:
-        expected.remove("dask-cpu-workers")
-    res["healthy"] = (all(n in procs and procs[n].alive() for n in expected)
+    res["healthy"] = (all(n in procs and procs[n].alive() for n in expected_procs(s))
                       and all(res[k]["healthy"] for k in ("prefect", "s3", "dask")))
     return res
 
