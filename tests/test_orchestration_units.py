@@ -58,6 +58,13 @@ def test_transient_and_permanent_failures_are_told_apart():
     denied = bce.ClientError({"Error": {"Code": "AccessDenied", "Message": "denied"}}, "GetObject")
     assert not is_transient(denied)
     assert not is_transient(ValueError("rows=(0, 500) is not a range"))
+    # losing the Dask scheduler (restart) is retried: the rerun reconnects and resumes from the ledger
+    from distributed.client import FutureCancelledError
+    from distributed.comm.core import CommClosedError
+
+    assert is_transient(CommClosedError("in <TCP (closed)>: Stream is closed"))
+    assert is_transient(FutureCancelledError(key="x", reason="scheduler-connection-lost"))
+    assert not is_transient(FutureCancelledError(key="x", reason="cancelled by user"))
 
 
 def test_call_with_retry_backs_off_then_succeeds_or_gives_up():

@@ -71,6 +71,15 @@ def _transient_class(e: BaseException) -> bool:
             return str(e.response.get("Error", {}).get("Code", "")) in _TRANSIENT_S3_CODES
     except ImportError:  # pragma: no cover - s3fs brings botocore
         pass
+    try:  # the Dask scheduler went away (restart, pod rescheduled): a retry reconnects and resumes
+        from distributed.comm.core import CommClosedError
+
+        if isinstance(e, CommClosedError):
+            return True
+        if type(e).__name__ == "FutureCancelledError" and "scheduler-connection-lost" in str(e):
+            return True
+    except ImportError:  # pragma: no cover - distributed is a dependency
+        pass
     try:
         import aiohttp
 
