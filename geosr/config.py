@@ -95,8 +95,10 @@ class OutputConfig(_Frozen):
     dtype: Literal["uint16", "float32"] = "uint16"
     zarr_format: Literal[2, 3] = 2
     shard: int | None = Field(default=None, description="zarr v3 shard size in output pixels (a multiple of chunk)")
-    compressor: Literal["zstd", "blosc", "none"] = "zstd"
-    level: int = Field(default=3, ge=0, le=22)
+    compressor: Literal["zstd", "blosc", "none"] = Field(
+        default="blosc", description="blosc = Blosc(zstd, byte shuffle): on uint16 reflectance ~2.7x faster than "
+        "plain zstd-3 at a better ratio; GDAL's Zarr driver reads both")
+    level: int = Field(default=1, ge=0, le=22)
     overviews: int | None = Field(default=None, ge=0, description="number of 2x overview levels; default: until < 256 px")
     stac: bool = True
     variable: str = "reflectance"

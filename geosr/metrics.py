@@ -72,21 +72,21 @@ class SeamAccumulator:
 
     def _axis(self, a: np.ndarray, valid: np.ndarray | None, axis: int, bounds: list[int], off: int,
               period: int) -> None:
-        d = (np.diff(a.astype(np.float32, copy=False), axis=axis) ** 2).sum(axis=0)
+        n = a.shape[axis] - 1  # neighbour pairs (i, i+1) along the axis; the pair's line is at i+1
+        pairs = np.flatnonzero((np.arange(n) + off + 1) % period == 0)  # only in-phase lines are compared
+        if pairs.size == 0:
+            return
+        d = ((np.take(a, pairs + 1, axis=axis).astype(np.float32, copy=False)
+              - np.take(a, pairs, axis=axis)) ** 2).sum(axis=0)
         if valid is not None:
-            v = valid[1:, :] & valid[:-1, :] if axis == 1 else valid[:, 1:] & valid[:, :-1]
+            vax = axis - 1
+            v = np.take(valid, pairs + 1, axis=vax) & np.take(valid, pairs, axis=vax)
         else:
             v = np.ones(d.shape, dtype=bool)
-        n = d.shape[axis - 1]
-        is_seam = np.zeros(n, dtype=bool)
-        for b in bounds:
-            i = b - off - 1  # the step between pixel b-1 and b
-            if 0 <= i < n:
-                is_seam[i] = True
-        in_phase = (np.arange(n) + off + 1) % period == 0
+        lines = set(b - off - 1 for b in bounds)
+        is_seam = np.fromiter((i in lines for i in pairs), dtype=bool, count=pairs.size)
         line = is_seam[:, None] if axis == 1 else is_seam[None, :]
-        inner = (~is_seam & in_phase)[:, None] if axis == 1 else (~is_seam & in_phase)[None, :]
-        seam_mask, inner_mask = line & v, inner & v
+        seam_mask, inner_mask = line & v, ~line & v
         self.seam_sum += float(d[seam_mask].sum(dtype=np.float64))
         self.seam_n += int(seam_mask.sum())
         self.inner_sum += float(d[inner_mask].sum(dtype=np.float64))
@@ -119,7 +119,15 @@ def degrade(img: np.ndarray, scale: int, operator: str = "average", sigma: float
     if h % scale or w % scale:
         raise ValueError(f"image {h}x{w} is not a multiple of scale {scale}")
     if operator == "average":
-        return a.reshape(c, h // scale, scale, w // scale, scale).mean(axis=(2, 4), dtype=np.float64)
+        acc = np.float32 if a.dtype == np.float32 else np.float64  # float32 blocks: no float64 copy
+        cols = a[:, :, 0::scale].astype(acc)  # strided adds beat a reduction over a short inner axis
+        for k in range(1, scale):
+            cols += a[:, :, k::scale]
+        rows = cols[:, 0::scale].copy()
+        for k in range(1, scale):
+            rows += cols[:, k::scale]
+        rows /= acc(scale * scale)
+        return rows
     if operator == "gaussian":
         s = 0.5 * scale if sigma is None else sigma
         blurred = ndimage.gaussian_filter(a, sigma=(0, s, s), mode="reflect")

@@ -40,6 +40,20 @@ def test_upsample_scene_blends_to_the_global_result():
     assert by and bx and all(0 < b < 80 for b in by)
 
 
+def test_aligned_seam_ratio_sees_tile_seams_not_pixel_phase():
+    from geosr.diffusion.evaluate import aligned_seam_ratio
+
+    rng = np.random.default_rng(0)
+    lr = rng.random((1, 32, 32))
+    img = np.repeat(np.repeat(lr, 4, 1), 4, 2)  # nearest x4: every low-res edge is a step
+    s = aligned_seam_ratio(img, [64], [64], 4)
+    assert abs((s[0] / s[1]) / (s[2] / s[3]) - 1) < 0.3  # tile edges look like other low-res edges
+    img2 = img.copy()
+    img2[:, :, 64:] += 0.5  # a real seam
+    s2 = aligned_seam_ratio(img2, [64], [64], 4)
+    assert (s2[0] / s2[1]) / (s2[2] / s2[3]) > 1.5
+
+
 def test_eval_cli_reports_every_method(tmp_path, capsys):
     from geosr.cli import main
 
@@ -54,12 +68,14 @@ def test_eval_cli_reports_every_method(tmp_path, capsys):
                "--overlap", "2", "--seam-tile", "8", "--seam-overlap", "2", "--json", str(out)])
     assert rc == 0
     res = json.loads(out.read_text())
-    assert set(res["quality"]) == {"ldm", "bicubic", "lanczos"}
+    assert set(res["quality"]) == {"ldm", "bicubic", "lanczos", "bicubic + back-projection (ablation: no denoiser)"}
     for r in res["quality"].values():
         assert 10 < r["psnr"] < 80 and -1 <= r["ssim"] <= 1
     # the model's output is projected onto the input: consistency is exact; bicubic's is not
     assert res["quality"]["ldm"]["lr_l1"] < 1e-6 < res["quality"]["bicubic"]["lr_l1"]
-    assert set(res["seam"]) == {"ldm", "ldm (independent noise)", "bicubic"}
+    assert res["quality"]["bicubic + back-projection (ablation: no denoiser)"]["lr_l1"] < 1e-5
+    assert {"ldm", "ldm (independent noise)", "ldm (keyed + fuse)", "bicubic", "ldm 4-step ddim eta=1",
+            "ldm 4-step ddim eta=1 (independent noise)"} <= set(res["seam"]) and res["seam"].keys() == res["seam_aligned"].keys()
     assert all(np.isfinite(v) for v in res["seam"].values())
     assert "| ldm |" in capsys.readouterr().out
     hr = metrics.degrade(np.zeros((1, 8, 8)), 4)

@@ -20,7 +20,7 @@ def register(subparsers) -> None:
     p.add_argument("--data", nargs="+", default=None, help="high-res GeoTIFFs (override the config's files)")
     p.add_argument("--holdout", type=float, default=None, help="east fraction held out (default: from config, 0.25)")
     p.add_argument("--dn-scale", type=float, default=None, help="reflectance = DN * dn-scale (default 1/255)")
-    p.add_argument("--steps", type=int, default=2)
+    p.add_argument("--steps", type=int, default=None, help="sampler steps (default: the model's recommendation)")
     p.add_argument("--sampler", default="dpmpp", choices=["dpmpp", "ddim"])
     p.add_argument("--operator", default="average", choices=["average", "gaussian"])
     p.add_argument("--tile", type=int, default=32, help="low-res tile for the quality run")
@@ -28,6 +28,8 @@ def register(subparsers) -> None:
     p.add_argument("--seam-tile", type=int, default=128, help="low-res tile for the seam run")
     p.add_argument("--seam-overlap", type=int, default=16)
     p.add_argument("--no-seams", action="store_true", help="skip the seam run")
+    p.add_argument("--seam-steps", type=int, nargs="*", default=[4],
+                   help="extra stochastic seam runs (DDIM, eta=1) at these step counts, keyed vs independent noise")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--json", default=None, help="write the results here as JSON")
@@ -42,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..errors import ConfigError
     from ..upsamplers import build_upsampler
-    from ..diffusion.evaluate import EvalSetup, classic, evaluate, markdown_table, seams
+    from ..diffusion.evaluate import BackProjectedBicubic, EvalSetup, classic, evaluate, markdown_table, seams
     from ..diffusion.weights_io import bundled_dir, load_model
 
     data: dict = {}
@@ -64,26 +66,36 @@ def run(args: argparse.Namespace) -> int:
         seam_tile=args.seam_tile, seam_overlap=args.seam_overlap, seed=args.seed,
     )
 
-    def model(keyed: bool = True):
-        params = {"weights": weights, "steps": args.steps, "sampler": args.sampler, "operator": args.operator,
-                  "keyed_noise": keyed}
+    def model(keyed: bool = True, **extra):
+        params = {"weights": weights, "sampler": args.sampler, "operator": args.operator, "keyed_noise": keyed}
+        if args.steps is not None:
+            params["steps"] = args.steps
+        params.update(extra)
         return lambda: build_upsampler("ldm", scale=spec.scale, device=args.device, bands=spec.bands,
                                        seed=args.seed, params=params)
 
-    methods = {"ldm": model(), "bicubic": classic("bicubic", spec.scale), "lanczos": classic("lanczos", spec.scale)}
+    methods = {"ldm": model(), "bicubic": classic("bicubic", spec.scale), "lanczos": classic("lanczos", spec.scale),
+               "bicubic + back-projection (ablation: no denoiser)": lambda: BackProjectedBicubic(spec.scale)}
     res = evaluate(methods, setup)
     if not args.no_seams:
-        res.update(seams({"ldm": model(True), "ldm (independent noise)": model(False),
-                          "bicubic": classic("bicubic", spec.scale)}, setup))
+        runs = {"ldm": model(True), "ldm (independent noise)": model(False), "ldm (keyed + fuse)": model(True, fuse=True),
+                "bicubic": classic("bicubic", spec.scale),
+                "bicubic + back-projection (ablation: no denoiser)": lambda: BackProjectedBicubic(spec.scale)}
+        for st in args.seam_steps or []:
+            runs[f"ldm {st}-step ddim eta=1"] = model(True, steps=st, sampler="ddim", eta=1.0)
+            runs[f"ldm {st}-step ddim eta=1 (independent noise)"] = model(False, steps=st, sampler="ddim", eta=1.0)
+        res.update(seams(runs, setup))
     res["setup"] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in setup.__dict__.items()}
-    res["model"] = {"weights": weights, "digest": spec.digest(), "steps": args.steps, "sampler": args.sampler,
+    res["model"] = {"weights": weights, "digest": spec.digest(),
+                    "steps": args.steps or spec.sampling.get("steps", 2), "sampler": args.sampler,
                     "trained": spec.trained}
     print(markdown_table(res["quality"], res.get("seam")))
     if res.get("seam"):
         print("\nseam metric (whole rasters as low-res input, tile "
               f"{args.seam_tile}/overlap {args.seam_overlap}):")
+        print("| run | seam metric | phase-aligned seam ratio |\n| --- | ---: | ---: |")
         for k, v in res["seam"].items():
-            print(f"  {k}: {v:.4f}")
+            print(f"| {k} | {v:.4f} | {res['seam_aligned'][k]:.4f} |")
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=2) + "\n")
     return 0

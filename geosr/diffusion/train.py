@@ -125,6 +125,7 @@ class Trainer:
         self.val_data = PairSampler(train.data, spec.scale, "heldout")
         if self.train_data.bands != spec.bands:
             raise ConfigError(f"training rasters have {self.train_data.bands} bands; the model expects {spec.bands}")
+        torch.manual_seed(train.seed)  # reproducible initialisation (batches are seeded per step)
         self.model = LatentSR(spec).to(self.dev)
         self.ema = {k: v.detach().clone() for k, v in self.model.denoiser.state_dict().items()}
         self.state = {"stage": "autoencoder", "ae_step": 0, "denoiser_step": 0, "history": [], "elapsed_s": 0.0}

@@ -57,7 +57,9 @@ class StorageEnv:
     def gdal_options(self) -> dict[str, Any]:
         """GDAL configuration options for /vsis3/ matching this environment (no secrets)."""
         c = self.config
-        opts: dict[str, Any] = {"GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR"}
+        # Each block reads its window once, so GDAL's block cache (default: 5 % of RAM, per process)
+        # would only grow with the scene; a small one keeps memory flat.
+        opts: dict[str, Any] = {"GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR", "GDAL_CACHEMAX": 64}
         if c.endpoint_url:
             u = urlparse(c.endpoint_url)
             opts["AWS_S3_ENDPOINT"] = u.netloc or u.path

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from .. import __version__
+from ..grid import mirror_indices
 from ..errors import ConfigError
 from .base import TileBatch, check_output, resolve_device
 
@@ -58,6 +59,23 @@ def resample_matrix(n: int, scale: int, kind: str) -> np.ndarray:
     return mat
 
 
+@lru_cache(maxsize=64)
+def polyphase(scale: int, kind: str) -> tuple[int, tuple[tuple[int, tuple[float, ...]], ...]]:
+    """Per output phase ``p`` (output pixel ``i*scale + p``): the first input tap relative to ``i`` and the
+    normalised tap weights. Away from the edges every row of :func:`resample_matrix` is one of these;
+    with the input mirrored by ``support`` pixels the edges are the same too. Returns (support, phases)."""
+    kernel, support = KERNELS[kind]
+    phases = []
+    for p in range(scale):
+        centre = (p + 0.5) / scale - 0.5
+        first = int(np.floor(centre)) - support + 1
+        taps = first + np.arange(2 * support)
+        w = kernel(centre - taps)
+        w = w / w.sum()
+        phases.append((first, tuple(float(v) for v in w)))
+    return support, tuple(phases)
+
+
 def lanczos_matrix(n: int, scale: int) -> np.ndarray:
     return resample_matrix(n, scale, "lanczos")
 
@@ -79,40 +97,69 @@ class ClassicUpsampler:
         self.bands = bands
         self.batch_size = int(batch_size)
         self.device = resolve_device(device)
-        self._cache: dict[tuple[int, int], tuple] = {}
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "version": self.version, "scale": self.scale, "kind": self.kind}
 
-    def _matrices(self, h: int, w: int):
-        import torch
-
-        key = (h, w)
-        m = self._cache.get(key)
-        if m is None:
-            my = torch.from_numpy(resample_matrix(h, self.scale, self.kind).astype(np.float32)).to(self.device)
-            mx = torch.from_numpy(resample_matrix(w, self.scale, self.kind).T.astype(np.float32).copy()).to(self.device)
-            m = self._cache[key] = (my, mx)
-        return m
+    def _resample_axis(self, x, axis: int, out, xp) -> None:
+        """Polyphase 1-D resampling of ``x`` (..., H, W) along ``axis`` (-2 = rows, -1 = cols) into ``out``
+        (that axis ``scale`` times longer): ``2*support`` multiply-adds per output sample. Only
+        elementwise IEEE operations (no reductions, no fused multiply-add), so a tile's result is the same
+        bits whatever else shares its batch. ``xp`` is numpy (CPU: single-threaded, no intra-op thread
+        contention between block workers) or torch (CUDA)."""
+        s = self.scale
+        support, phases = polyphase(s, self.kind)
+        axis = axis % x.ndim
+        n = x.shape[axis]
+        idx = mirror_indices(-support, n + support, n)
+        if xp is np:
+            padded = np.take(x, idx, axis=axis)
+        else:
+            padded = x.index_select(axis, xp.from_numpy(idx).to(x.device))
+        shape = list(x.shape)
+        shape.insert(axis + 1, s)  # phase p of sample i is output sample i*s + p
+        view = out.reshape(shape)
+        lead = (slice(None),) * axis
+        for p, (first, weights) in enumerate(phases):
+            acc = None
+            for k, w in enumerate(weights):
+                start = first + k + support
+                tap = padded[lead + (slice(start, start + n),)]
+                if acc is None:
+                    acc = tap * np.float32(w)
+                elif xp is np:
+                    acc += tap * np.float32(w)
+                else:
+                    acc.add_(tap, alpha=w)
+            view[lead + (slice(None), p)] = acc
 
     def __call__(self, batch: TileBatch) -> np.ndarray:
-        """Separable resampling as two small matrix products per tile (nearest: an exact repeat)."""
-        import torch
-
+        """Separable polyphase resampling per tile (nearest: an exact repeat). CPU: numpy; CUDA: torch."""
         s = self.scale
         b, c, h, w = batch.pixels.shape
         out = np.empty((b, c, h * s, w * s), dtype=np.float32)
+        if self.device == "cpu":
+            cols = np.empty((c, h, w * s), dtype=np.float32)
+            for i in range(b):  # tile by tile: the working set stays in cache (about 2x faster)
+                x = np.ascontiguousarray(batch.pixels[i], dtype=np.float32)
+                if self.kind == "nearest":
+                    out[i] = x.repeat(s, axis=1).repeat(s, axis=2)
+                    continue
+                # columns first on the small input, then rows: the big pass writes whole rows
+                self._resample_axis(x, -1, cols, np)
+                self._resample_axis(cols, -2, out[i], np)
+            return check_output(batch, out, s)
+        import torch
+
         with torch.inference_mode():
-            if self.kind != "nearest":
-                my, mx = self._matrices(h, w)
-            for i in range(b):  # one fixed-shape computation per tile: independent of batch composition
+            for i in range(b):
                 x = torch.from_numpy(np.ascontiguousarray(batch.pixels[i], dtype=np.float32)).to(self.device)
                 if self.kind == "nearest":
                     y = x.repeat_interleave(s, dim=1).repeat_interleave(s, dim=2)
-                elif self.device == "cpu":
-                    torch.matmul(torch.matmul(my, x), mx, out=torch.from_numpy(out[i]))
-                    continue
                 else:
-                    y = torch.matmul(torch.matmul(my, x), mx)
+                    cols = torch.empty((c, h, w * s), dtype=torch.float32, device=x.device)
+                    self._resample_axis(x, -1, cols, torch)
+                    y = torch.empty((c, h * s, w * s), dtype=torch.float32, device=x.device)
+                    self._resample_axis(cols, -2, y, torch)
                 out[i] = y.cpu().numpy()
         return check_output(batch, out, s)
