@@ -284,3 +284,19 @@ def test_independent_noise_mode_breaks_overlap_agreement(tiny_model):
     dk = float((yk[0, :, 16:48, 40:56] - yk[1, :, 16:48, 8:24]).abs().mean())
     di = float((yi[0, :, 16:48, 40:56] - yi[1, :, 16:48, 8:24]).abs().mean())
     assert di > dk
+
+
+def test_bundled_model_is_small_loads_by_default_and_is_consistent():
+    from geosr.diffusion.weights_io import bundled_dir
+
+    d = bundled_dir()
+    size = sum(p.stat().st_size for p in d.iterdir())
+    assert size <= 25 * 2**20
+    assert sorted(p.name for p in d.iterdir()) == ["autoencoder.safetensors", "config.json", "denoiser.safetensors"]
+    up = build_upsampler("ldm", scale=4, device="cpu", bands=4, seed=0)
+    cfg = json.loads((d / "config.json").read_text())
+    assert up.options.steps == cfg["sampling"]["steps"] and cfg["trained"]["files"] == ["rgbn.tif"]
+    b = _batch(scene(40, 40), [(0, 0), (8, 8)], 32, seed=1)
+    y = up(b)
+    for i in range(2):
+        assert metrics.lr_consistency(y[i], b.pixels[i], 4)["lr_l1"] < 1e-6

@@ -79,46 +79,40 @@ def test_training_losses_fall_and_checkpoint_loads(train_spec, tmp_path):
     assert m.spec.autoencoder.scaling_factor == pytest.approx(cfg["autoencoder"]["scaling_factor"])
 
 
-def _write_edges_tif(path, h=96, w=128, seed=0):
-    """Piecewise-constant rectangles: sharp edges that a 1-step model can learn to restore."""
-    import rasterio
-    from rasterio.transform import from_origin
+def test_one_step_finetune_trains_what_the_one_step_sampler_computes(train_spec, tmp_path):
+    """Stage 3 optimises x0 = sqrt(a_T) x_T - sqrt(1 - a_T) v(x_T, T); that must be what one DPM-Solver++ step
+    returns, and the stage must update the weights, record itself and set 1-step sampling."""
+    from diffusers import DDPMScheduler
 
-    rng = np.random.default_rng(seed)
-    a = np.full((4, h, w), 60, dtype=np.uint8)
-    for _ in range(40):
-        y, x = rng.integers(0, h - 8), rng.integers(0, w - 8)
-        a[:, y : y + rng.integers(4, 24), x : x + rng.integers(4, 24)] = rng.integers(20, 230, size=(4, 1, 1))
-    with rasterio.open(path, "w", driver="GTiff", height=h, width=w, count=4, dtype="uint8", crs="EPSG:32618",
-                       transform=from_origin(0, 0, 5, 5)) as ds:
-        ds.write(a)
-    return str(path)
+    from geosr.diffusion.model import LatentSR
+    from geosr.diffusion.samplers import sample_dpmpp
 
+    torch.manual_seed(0)
+    m = LatentSR(SPEC).eval()
+    with torch.no_grad():
+        for p in m.denoiser.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    cond = torch.randn(2, 4, 8, 8)
+    x_T = torch.randn(2, 4, 8, 8)
+    ac = DDPMScheduler(**SPEC.schedule.scheduler_config()).alphas_cumprod
+    T = SPEC.schedule.num_train_timesteps - 1
+    with torch.no_grad():
+        v = m.denoise(x_T, torch.full((2,), T), cond)
+        x0 = ac[T].sqrt() * x_T - (1 - ac[T]).sqrt() * v
+        y = sample_dpmpp(lambda x, t: m.denoise(x, t, cond), x_T, schedule=SPEC.schedule.scheduler_config(), steps=1)
+    assert float((y - x0).abs().max()) < 1e-3 * float(x0.abs().max())
 
-def test_one_step_finetune_lowers_pixel_loss_and_sets_sampling(train_spec, tmp_path):
-    from geosr.diffusion.pipeline import SamplingOptions, super_resolve
-
-    f = _write_edges_tif(tmp_path / "edges.tif")
-    data = replace(train_spec.data, files=(f,), degradation=Degradation(noise_std=(0.0, 0.0)))
-    spec = replace(train_spec, data=data, ae_steps=60, denoiser_steps=20, finetune_steps=80, finetune_lr=3e-3,
-                   val_every=80, checkpoint_every=20)
     out = tmp_path / "run"
-    short = Trainer(SPEC, replace(spec, finetune_steps=0), out, log_fn=lambda m: None)
-    short.run()
-    lr, hr = PairSampler(data, 4, "train").batch(8, np.random.default_rng(123))
-
-    def one_step_mse() -> float:
-        m = load_model(out)
-        y = super_resolve(m, lr, np.zeros((8, 2), np.int64), options=SamplingOptions(steps=1))
-        return float(((y - hr) ** 2).mean())
-
-    before = one_step_mse()
+    spec = replace(train_spec, ae_steps=20, denoiser_steps=20, finetune_steps=20, val_every=20)
+    Trainer(SPEC, replace(spec, finetune_steps=0), out, log_fn=lambda m: None).run()
+    before = load_model(out).denoiser.state_dict()
     tr = Trainer(SPEC, spec, out, log_fn=lambda m: None)
     tr.run()
-    assert len(tr.losses["finetune"]) == 80
-    assert one_step_mse() < before
+    assert len(tr.losses["finetune"]) == 20 and all(np.isfinite(tr.losses["finetune"]))
+    after = load_model(out).denoiser.state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)
     cfg = json.loads((out / "config.json").read_text())
-    assert cfg["sampling"] == {"steps": 1, "sampler": "dpmpp"} and cfg["trained"]["finetune_steps"] == 80
+    assert cfg["sampling"] == {"steps": 1, "sampler": "dpmpp"} and cfg["trained"]["finetune_steps"] == 20
     with pytest.raises(Exception):  # a different architecture cannot resume this run
         Trainer(replace(SPEC, denoiser=replace(SPEC.denoiser, block_out_channels=(8, 16))), spec, out,
                 log_fn=lambda m: None)
