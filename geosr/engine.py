@@ -159,8 +159,13 @@ def upsample_tiles(upsampler: Upsampler, inp: BlockInput, seed: int) -> Iterable
         yield from out
 
 
-def blend_block(plan: ScenePlan, inp: BlockInput, outputs: Iterable[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """Blend the tiles into the block; returns (data (C,h,w) float32, valid (h,w) bool)."""
+def blend_block(plan: ScenePlan, inp: BlockInput, outputs: Iterable[np.ndarray],
+                upsampler: Upsampler | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Blend the tiles into the block; returns (data (C,h,w) float32, valid (h,w) bool).
+
+    A model that offers ``project_blended(hr, lowres)`` gets the blended block back to re-impose
+    low-resolution consistency (blending consistent tiles with per-pixel weights is not exactly
+    consistent); the projection is local to each low-res pixel, so blocks still give identical bytes."""
     g = plan.grid
     bands = inp.pixels.shape[1] if inp.pixels.size else inp.lowres.shape[0]
     blender = BlockBlender(g, inp.block, bands, plan.config.tiling.ramp)
@@ -178,7 +183,11 @@ def blend_block(plan: ScenePlan, inp: BlockInput, outputs: Iterable[np.ndarray])
     oy, ox = (b.y0 // s) * s, (b.x0 // s) * s
     up = inp.lowres_valid.repeat(s, axis=0).repeat(s, axis=1)
     valid = up[b.y0 - oy : b.y1 - oy, b.x0 - ox : b.x1 - ox]
-    return blender.result(), valid
+    data = blender.result()
+    project = getattr(upsampler, "project_blended", None)
+    if project is not None and b.y0 % s == 0 and b.x0 % s == 0:
+        data = np.asarray(project(data, inp.lowres), dtype=np.float32)
+    return data, valid
 
 
 def block_stats(plan: ScenePlan, inp: BlockInput, data: np.ndarray, valid: np.ndarray) -> dict[str, Any]:
@@ -203,7 +212,7 @@ def process_block(plan: ScenePlan, block: Block, source: RasterSource, upsampler
     """Read, upsample, blend, write and mark one block done. Returns its stats."""
     t0 = time.perf_counter()
     inp = read_block(plan, block, source)
-    data, valid = blend_block(plan, inp, upsample_tiles(upsampler, inp, plan.config.model.seed))
+    data, valid = blend_block(plan, inp, upsample_tiles(upsampler, inp, plan.config.model.seed), upsampler)
     stats = block_stats(plan, inp, data, valid)
     output.write_block(block, data, valid)
     stats["seconds"] = round(time.perf_counter() - t0, 4)

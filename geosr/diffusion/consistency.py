@@ -100,7 +100,10 @@ def project_blended(hr: "np.ndarray", lowres: "np.ndarray", scale: int, operator
 
     if operator != "average":
         return hr
-    c, h, w = lowres.shape
-    d = hr.reshape(c, h, scale, w, scale).mean(axis=(2, 4), dtype=np.float64)
-    corr = (lowres.astype(np.float64) - d).astype(np.float32)
-    return hr + np.repeat(np.repeat(corr, scale, axis=1), scale, axis=2)
+    from ..metrics import degrade
+
+    corr = (lowres.astype(np.float32) - degrade(hr.astype(np.float32, copy=False), scale)).astype(np.float32)
+    out = hr.astype(np.float32, copy=True)
+    view = out.reshape(out.shape[0], corr.shape[1], scale, corr.shape[2], scale)
+    view += corr[:, :, None, :, None]  # broadcast each low-res correction over its footprint, in place
+    return out

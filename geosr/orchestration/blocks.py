@@ -50,7 +50,7 @@ def model_task(plan: ScenePlan, read: ReadResult, env: StorageEnv, run_token: st
     cache = model_cache()
     upsampler = cache.model(spec)
     tiles = upsample_adaptive(upsampler, inp.pixels, inp.origins, plan.config.model.seed, cache, spec)
-    data, valid = blend_block(plan, inp, tiles)
+    data, valid = blend_block(plan, inp, tiles, upsampler)
     model_s = time.perf_counter() - t0
     stats = block_stats(plan, inp, data, valid)
     output = cache.output((plan.output_uri, plan.plan_hash, run_token),
