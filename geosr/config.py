@@ -102,6 +102,17 @@ class OutputConfig(_Frozen):
     overviews: int | None = Field(default=None, ge=0, description="number of 2x overview levels; default: until < 256 px")
     stac: bool = True
     variable: str = "reflectance"
+    uncertainty_samples: int = Field(
+        default=0, ge=0, le=256,
+        description="0 = off; N >= 2 draws N samples per tile (a stochastic model, e.g. ldm), writes their mean "
+        "as <variable> and the per-pixel standard deviation as <variable>_std (level 0 only); N times the model cost")
+
+    @field_validator("uncertainty_samples")
+    @classmethod
+    def _samples(cls, v):
+        if v == 1:
+            raise ValueError("one sample has no spread: use 0 (off) or at least 2 samples per tile")
+        return v
 
     @model_validator(mode="after")
     def _check(self):
@@ -129,6 +140,9 @@ class RunConfig(_Frozen):
     def config_hash(self) -> str:
         """Hash of everything that changes the output's bytes (not workers, not storage endpoint)."""
         d = self.model_dump(mode="json", exclude={"workers": True, "storage": True, "model": {"device", "batch_size"}})
+        if not d["output"]["uncertainty_samples"]:
+            # off (the default) leaves the hash of every configuration written before the option existed as it was
+            del d["output"]["uncertainty_samples"]
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 

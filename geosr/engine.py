@@ -17,7 +17,7 @@ import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 from scipy import ndimage
@@ -31,7 +31,8 @@ from .io.source import RasterSource, SourceMeta, open_source
 from .io.storage import StorageEnv
 from .metrics import ConsistencyAccumulator, SeamAccumulator, degrade, tile_boundaries
 from .store import OutputSpec, ZarrOutput, store_status
-from .upsamplers import TileBatch, Upsampler, build_upsampler
+from .upsamplers import TileBatch, Upsampler, build_upsampler, require_sampling
+from .upsamplers.base import check_samples
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +91,7 @@ class ScenePlan:
             compressor=c.output.compressor,
             level=c.output.level,
             overviews=c.output.overviews,
+            uncertainty_samples=c.output.uncertainty_samples,
         )
 
 
@@ -159,6 +161,58 @@ def upsample_tiles(upsampler: Upsampler, inp: BlockInput, seed: int) -> Iterable
         yield from out
 
 
+def upsample_tiles_with_std(upsampler: Upsampler, inp: BlockInput, seed: int,
+                            samples: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Yield (mean, std) of ``samples`` model samples per tile, each (C, sT, sT) float32, in the block's
+    tile order, batch by batch (``upsampler.sample_with_std``; one batch of samples in memory at a time)."""
+    n = inp.pixels.shape[0]
+    bs = max(1, upsampler.batch_size)
+    for i in range(0, n, bs):
+        batch = TileBatch(inp.pixels[i : i + bs], inp.origins[i : i + bs], seed=seed)
+        mean, std = upsampler.sample_with_std(batch, samples)  # type: ignore[attr-defined]
+        check_samples(batch, mean, std, upsampler.scale)
+        yield from zip(mean, std)
+
+
+def _blend_streams(plan: ScenePlan, inp: BlockInput, outputs: Iterable[Any], streams: int) -> list[np.ndarray]:
+    """Blend ``streams`` parallel tile streams into the block with the same global weights, in global tile
+    order. ``outputs`` yields one tile per computed key (``streams == 1``) or a tuple of ``streams``
+    tiles; skipped keys (no valid pixel) blend zeros, which only ever reach nodata pixels."""
+    g = plan.grid
+    bands = inp.pixels.shape[1] if inp.pixels.size else inp.lowres.shape[0]
+    blenders = [BlockBlender(g, inp.block, bands, plan.config.tiling.ramp) for _ in range(streams)]
+    it = iter(outputs)
+    zero = None
+    for (ky, kx), skipped in zip(inp.keys, inp.skip):
+        if skipped:
+            if zero is None:
+                zero = np.zeros((bands, g.out_tile, g.out_tile), np.float32)
+            tiles: tuple[np.ndarray, ...] = (zero,) * streams
+        else:
+            item = next(it)
+            tiles = (item,) if streams == 1 else tuple(item)
+        for blender, tile in zip(blenders, tiles, strict=True):
+            blender.add(ky, kx, tile)
+    return [b.result() for b in blenders]
+
+
+def _block_valid(plan: ScenePlan, inp: BlockInput) -> np.ndarray:
+    """The block's (h, w) valid mask at output resolution: each low-res pixel's validity, repeated."""
+    s = plan.grid.scale
+    b = inp.block
+    oy, ox = (b.y0 // s) * s, (b.x0 // s) * s
+    up = inp.lowres_valid.repeat(s, axis=0).repeat(s, axis=1)
+    return up[b.y0 - oy : b.y1 - oy, b.x0 - ox : b.x1 - ox]
+
+
+def _project(plan: ScenePlan, inp: BlockInput, data: np.ndarray, upsampler: Upsampler | None) -> np.ndarray:
+    project = getattr(upsampler, "project_blended", None)
+    s, b = plan.grid.scale, inp.block
+    if project is not None and b.y0 % s == 0 and b.x0 % s == 0:
+        data = np.asarray(project(data, inp.lowres), dtype=np.float32)
+    return data
+
+
 def blend_block(plan: ScenePlan, inp: BlockInput, outputs: Iterable[np.ndarray],
                 upsampler: Upsampler | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Blend the tiles into the block; returns (data (C,h,w) float32, valid (h,w) bool).
@@ -166,32 +220,32 @@ def blend_block(plan: ScenePlan, inp: BlockInput, outputs: Iterable[np.ndarray],
     A model that offers ``project_blended(hr, lowres)`` gets the blended block back to re-impose
     low-resolution consistency (blending consistent tiles with per-pixel weights is not exactly
     consistent); the projection is local to each low-res pixel, so blocks still give identical bytes."""
-    g = plan.grid
-    bands = inp.pixels.shape[1] if inp.pixels.size else inp.lowres.shape[0]
-    blender = BlockBlender(g, inp.block, bands, plan.config.tiling.ramp)
-    it = iter(outputs)
-    zero = None
-    for (ky, kx), skipped in zip(inp.keys, inp.skip):
-        if skipped:
-            if zero is None:
-                zero = np.zeros((bands, g.out_tile, g.out_tile), np.float32)
-            blender.add(ky, kx, zero)
-        else:
-            blender.add(ky, kx, next(it))
-    s = g.scale
-    b = inp.block
-    oy, ox = (b.y0 // s) * s, (b.x0 // s) * s
-    up = inp.lowres_valid.repeat(s, axis=0).repeat(s, axis=1)
-    valid = up[b.y0 - oy : b.y1 - oy, b.x0 - ox : b.x1 - ox]
-    data = blender.result()
-    project = getattr(upsampler, "project_blended", None)
-    if project is not None and b.y0 % s == 0 and b.x0 % s == 0:
-        data = np.asarray(project(data, inp.lowres), dtype=np.float32)
-    return data, valid
+    (data,) = _blend_streams(plan, inp, outputs, 1)
+    return _project(plan, inp, data, upsampler), _block_valid(plan, inp)
 
 
-def block_stats(plan: ScenePlan, inp: BlockInput, data: np.ndarray, valid: np.ndarray) -> dict[str, Any]:
-    """Per-block sums for scene metrics (LR consistency, seams), saved with the block's done marker."""
+def blend_block_with_std(plan: ScenePlan, inp: BlockInput, outputs: Iterable[tuple[np.ndarray, np.ndarray]],
+                         upsampler: Upsampler | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Blend (mean, std) tile pairs (:func:`upsample_tiles_with_std`) into the block; returns
+    (data (C,h,w), std (C,h,w), valid (h,w)).
+
+    The mean is blended and projected exactly as :func:`blend_block` blends single outputs. The std goes
+    through a second blender with the same global weights, so it is ``sum_k w_k * std_k``: exactly the
+    tile's sample std where one tile covers a pixel; where tiles overlap, an approximation of the std of
+    the blended sample ``sum_k w_k * X_k`` -- never below it (triangle inequality, ``w_k >= 0``) and equal
+    when the overlapping tiles' samples are perfectly correlated (position-keyed noise makes them close).
+    It is the spread of single samples, not the standard error of the N-sample mean (that is std/sqrt(N)).
+    The projection is not applied to the std (it shifts each sample by a per-low-res-pixel constant that
+    is nearly the same for all samples). Block partitions give the same std, as they give the same data."""
+    data, std = _blend_streams(plan, inp, outputs, 2)
+    np.maximum(std, 0.0, out=std)  # a convex blend of non-negative values; clip float rounding below 0
+    return _project(plan, inp, data, upsampler), std, _block_valid(plan, inp)
+
+
+def block_stats(plan: ScenePlan, inp: BlockInput, data: np.ndarray, valid: np.ndarray,
+                std: np.ndarray | None = None) -> dict[str, Any]:
+    """Per-block sums for scene metrics (LR consistency, seams, mean std when ``std`` is given), saved with
+    the block's done marker."""
     g, b = plan.grid, inp.block
     s = g.scale
     stats: dict[str, Any] = {"tiles": len(inp.keys), "tiles_skipped": int(sum(inp.skip))}
@@ -204,6 +258,9 @@ def block_stats(plan: ScenePlan, inp: BlockInput, data: np.ndarray, valid: np.nd
     bx = tile_boundaries(g.x_origins, g.tile, s, g.width)
     seam.add(data.mean(axis=0), by, bx, valid, y0=b.y0, x0=b.x0, period=s)
     stats["seam"] = [seam.seam_sum, seam.seam_n, seam.inner_sum, seam.inner_n]
+    if std is not None:
+        ok = valid[None] & np.isfinite(std)
+        stats["std"] = [float(std.sum(where=ok, dtype=np.float64)), int(ok.sum())]
     return stats
 
 
@@ -212,9 +269,15 @@ def process_block(plan: ScenePlan, block: Block, source: RasterSource, upsampler
     """Read, upsample, blend, write and mark one block done. Returns its stats."""
     t0 = time.perf_counter()
     inp = read_block(plan, block, source)
-    data, valid = blend_block(plan, inp, upsample_tiles(upsampler, inp, plan.config.model.seed), upsampler)
-    stats = block_stats(plan, inp, data, valid)
-    output.write_block(block, data, valid)
+    seed, samples = plan.config.model.seed, plan.config.output.uncertainty_samples
+    std = None
+    if samples:
+        data, std, valid = blend_block_with_std(plan, inp, upsample_tiles_with_std(upsampler, inp, seed, samples),
+                                                upsampler)
+    else:
+        data, valid = blend_block(plan, inp, upsample_tiles(upsampler, inp, seed), upsampler)
+    stats = block_stats(plan, inp, data, valid, std)
+    output.write_block(block, data, valid, std=std)
     stats["seconds"] = round(time.perf_counter() - t0, 4)
     output.mark_done(block, stats)
     return stats
@@ -223,8 +286,8 @@ def process_block(plan: ScenePlan, block: Block, source: RasterSource, upsampler
 def scene_metrics(done: dict[str, dict]) -> dict[str, Any]:
     """Aggregate the per-block stats of every done block into scene metrics."""
     cons, seam = ConsistencyAccumulator(), SeamAccumulator()
-    tiles = skipped = 0
-    seconds = 0.0
+    tiles = skipped = std_n = 0
+    seconds = std_sum = 0.0
     for st in done.values():
         tiles += int(st.get("tiles", 0))
         skipped += int(st.get("tiles_skipped", 0))
@@ -233,9 +296,14 @@ def scene_metrics(done: dict[str, dict]) -> dict[str, Any]:
             cons = cons.merge(ConsistencyAccumulator(*st["consistency"]))
         if "seam" in st:
             seam = seam.merge(SeamAccumulator(*st["seam"]))
+        if "std" in st:
+            std_sum += float(st["std"][0])
+            std_n += int(st["std"][1])
     out: dict[str, Any] = {"tiles_computed": tiles, "tiles_skipped_nodata": skipped, "block_seconds": round(seconds, 3)}
     out.update(cons.value())
     out["seam_metric"] = seam.value()
+    if std_n:
+        out["std_mean"] = std_sum / std_n  # mean per-pixel std over valid pixels and bands
     return out
 
 
@@ -297,6 +365,7 @@ def provenance(plan: ScenePlan, started: str, metrics: dict[str, Any]) -> dict[s
         "config_hash": plan.config.config_hash(),
         "plan_hash": plan.plan_hash,
         "parameters": plan.config.model_dump(mode="json", exclude={"storage"}),
+        "uncertainty_samples": plan.config.output.uncertainty_samples,
         "start_time": started,
         "end_time": datetime.now(timezone.utc).isoformat(),
         "metrics": metrics,
@@ -316,6 +385,7 @@ def run_scene(input_uri: str, output_uri: str, cfg: RunConfig, *, overwrite: boo
     source = open_source(input_uri, cfg.input, env)
     bands = len(source.meta.band_indexes)
     upsampler = upsampler or build_model(cfg, bands)
+    require_sampling(upsampler, cfg.output.uncertainty_samples)
     plan = ScenePlan(input_uri, output_uri, cfg, source.meta, upsampler.describe())
     blocks = plan.blocks
     out_px = plan.grid.out_shape[0] * plan.grid.out_shape[1]

@@ -56,6 +56,10 @@ def format_info(d: dict[str, Any]) -> str:
         ("bands", ", ".join(d["bands"])),
         ("chunks", f"{chunks}, {d['compressor']}"),
     ]
+    unc = d.get("uncertainty")
+    if unc:
+        lines.append(("uncertainty", f"{unc['variable']!r}: per-pixel std over {unc['samples']} samples per tile, "
+                                     "same encoding, level 0 only"))
     ovr = d["overviews"]
     if ovr:
         lines.append(("overviews", f"{len(ovr)} levels: " + ", ".join(

@@ -5,7 +5,8 @@
   write the block's chunks, mark it done. Upsampled tiles never leave the worker: only the low-res
   ``BlockInput`` travels, and only the block's small stats come back.
 * :func:`describe_task` loads the model on a GPU worker (warming its cache) and returns its description,
-  which goes into the plan hash exactly as :func:`geosr.engine.run_scene` puts it there.
+  which goes into the plan hash exactly as :func:`geosr.engine.run_scene` puts it there; it also refuses
+  ``output.uncertainty_samples`` for a model that cannot draw samples, before the store is created.
 """
 
 from __future__ import annotations
@@ -14,11 +15,12 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from ..engine import BlockInput, ScenePlan, blend_block, block_stats, read_block
+from ..engine import BlockInput, ScenePlan, blend_block, blend_block_with_std, block_stats, read_block
 from ..grid import Block
 from ..io.source import RasterSource
 from ..io.storage import StorageEnv
 from ..store import ZarrOutput
+from ..upsamplers import require_sampling
 from .gpu import ModelSpec, model_cache, upsample_adaptive
 from .retry import RetryPolicy, call_with_retry
 
@@ -36,8 +38,12 @@ def read_task(plan: ScenePlan, block: Block, source: RasterSource, policy: Retry
     return ReadResult(inp, time.perf_counter() - t0)
 
 
-def describe_task(spec: ModelSpec) -> dict[str, Any]:
-    return model_cache().model(spec).describe()
+def describe_task(spec: ModelSpec, uncertainty_samples: int = 0) -> dict[str, Any]:
+    """The model's description (plan hash, provenance). Raises :class:`~geosr.errors.ConfigError` when
+    ``uncertainty_samples`` asks for samples the model cannot draw."""
+    upsampler = model_cache().model(spec)
+    require_sampling(upsampler, uncertainty_samples)
+    return upsampler.describe()
 
 
 def model_task(plan: ScenePlan, read: ReadResult, env: StorageEnv, run_token: str,
@@ -49,15 +55,21 @@ def model_task(plan: ScenePlan, read: ReadResult, env: StorageEnv, run_token: st
     spec = ModelSpec.from_config(plan.config, bands)
     cache = model_cache()
     upsampler = cache.model(spec)
-    tiles = upsample_adaptive(upsampler, inp.pixels, inp.origins, plan.config.model.seed, cache, spec)
-    data, valid = blend_block(plan, inp, tiles, upsampler)
+    samples = plan.config.output.uncertainty_samples
+    require_sampling(upsampler, samples)
+    tiles = upsample_adaptive(upsampler, inp.pixels, inp.origins, plan.config.model.seed, cache, spec, samples)
+    std = None
+    if samples:
+        data, std, valid = blend_block_with_std(plan, inp, tiles, upsampler)
+    else:
+        data, valid = blend_block(plan, inp, tiles, upsampler)
     model_s = time.perf_counter() - t0
-    stats = block_stats(plan, inp, data, valid)
+    stats = block_stats(plan, inp, data, valid, std)
     output = cache.output((plan.output_uri, plan.plan_hash, run_token),
                           lambda: call_with_retry(lambda: ZarrOutput.open(plan.output_uri, env, plan.plan_hash),
                                                   policy, f"opening {plan.output_uri}"))
     what = f"block {inp.block.key} of {plan.output_uri}"
-    call_with_retry(lambda: output.write_block(inp.block, data, valid), policy, f"writing {what}")
+    call_with_retry(lambda: output.write_block(inp.block, data, valid, std=std), policy, f"writing {what}")
     stats["seconds"] = round(read.seconds + time.perf_counter() - t0, 4)
     stats["model_seconds"] = round(model_s, 4)
     call_with_retry(lambda: output.mark_done(inp.block, stats), policy, f"marking {what} done")

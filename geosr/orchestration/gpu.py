@@ -20,6 +20,7 @@ import numpy as np
 from ..config import RunConfig
 from ..errors import ModelError
 from ..upsamplers import TileBatch, Upsampler, build_upsampler
+from ..upsamplers.base import check_samples
 
 log = logging.getLogger(__name__)
 
@@ -207,10 +208,14 @@ def model_cache() -> ModelCache:
 
 
 def upsample_adaptive(upsampler: Upsampler, pixels: np.ndarray, origins: np.ndarray, seed: int,
-                      cache: ModelCache, spec: ModelSpec) -> Iterator[np.ndarray]:
+                      cache: ModelCache, spec: ModelSpec, samples: int = 0) -> Iterator[Any]:
     """Yield upsampled tiles in order, ``cache.batch_size(spec)`` tiles per model call. A CUDA
     out-of-memory error halves the batch (for this and every later block on this worker) and retries the
-    same tiles; out of memory with a single tile is a :class:`ModelError`."""
+    same tiles; out of memory with a single tile is a :class:`ModelError`.
+
+    With ``samples`` (``output.uncertainty_samples``, >= 2) every call is
+    ``upsampler.sample_with_std(batch, samples)`` and each item is a (mean, std) pair of tiles, as
+    :func:`geosr.engine.upsample_tiles_with_std` yields them."""
     n = pixels.shape[0]
     i = 0
     while i < n:
@@ -218,7 +223,12 @@ def upsample_adaptive(upsampler: Upsampler, pixels: np.ndarray, origins: np.ndar
         batch = TileBatch(pixels[i : i + bs], origins[i : i + bs], seed=seed)
         oom: BaseException | None = None
         try:
-            out = upsampler(batch)
+            if samples:
+                mean, std = upsampler.sample_with_std(batch, samples)  # type: ignore[attr-defined]
+                check_samples(batch, mean, std, upsampler.scale)
+                out: Any = zip(mean, std)
+            else:
+                out = upsampler(batch)
         except Exception as e:
             if not is_cuda_oom(e):
                 raise

@@ -123,8 +123,9 @@ def run_scene_distributed(input_uri: str, output_uri: str, cfg: RunConfig, clien
         roles = wait_for_gpu_workers(client, options.gpu_wait_s)
         client.register_plugin(ModelPlugin())
         spec = ModelSpec.from_config(cfg, len(source.meta.band_indexes))
-        model = client.submit(describe_task, spec, resources={GPU: 1}, pure=False,
-                              key=f"geosr-describe-{uuid.uuid4().hex[:12]}").result()
+        # on a GPU worker: loads the model, and refuses uncertainty for a model that cannot sample
+        model = client.submit(describe_task, spec, cfg.output.uncertainty_samples, resources={GPU: 1},
+                              pure=False, key=f"geosr-describe-{uuid.uuid4().hex[:12]}").result()
         plan = ScenePlan(input_uri, output_uri, cfg, source.meta, model)
         output, state = call_with_retry(lambda: prepare_output(plan, env, overwrite), pol,
                                         f"preparing {output_uri}")

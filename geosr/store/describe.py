@@ -18,8 +18,8 @@ from .stac import stac_item_uri
 
 
 def describe_store(uri: str, env: StorageEnv) -> dict[str, Any]:
-    """Shape, CRS, resolution, bands, dtype, chunking, overview levels, completeness and provenance of
-    the store at ``uri``. Raises :class:`OutputError` when there is no geosr store there."""
+    """Shape, CRS, resolution, bands, dtype, chunking, overview levels, the uncertainty variable (if any),
+    completeness and provenance of the store at ``uri``. Raises :class:`OutputError` when there is no geosr store there."""
     import zarr
 
     loc = StoreLocation(uri, env)
@@ -45,6 +45,11 @@ def describe_store(uri: str, env: StorageEnv) -> dict[str, Any]:
         "plan_hash": plan.get("plan_hash"),
         "zarr_format": spec.zarr_format,
         "variable": spec.variable,
+        "variables": list(spec.variables),
+        "uncertainty": ({"variable": spec.std_variable, "samples": spec.uncertainty_samples,
+                         "statistic": "per-pixel standard deviation over the samples (ddof=0)",
+                         "overviews": "none (level 0 only)"}
+                        if spec.std_variable else None),
         "shape": list(spec.shape),
         "dtype": spec.dtype,
         "encoding": encoding_note(spec),

@@ -76,6 +76,30 @@ def variable_attrs(dtype: str, zarr_format: int) -> dict[str, Any]:
     return attrs
 
 
+def std_attrs(dtype: str, zarr_format: int, variable: str, samples: int) -> dict[str, Any]:
+    """CF/geosr attributes of the per-pixel standard deviation variable (``<variable>_std``): encoded like
+    ``variable`` (same dtype, scale, nodata), described for people and tools."""
+    attrs = variable_attrs(dtype, zarr_format)
+    attrs["long_name"] = f"standard deviation of surface reflectance over {samples} model samples"
+    floor = " (uint16: a std under 0.00005 is stored as 1, since 0 is nodata)" if dtype == "uint16" else ""
+    attrs["description"] = (
+        f"Per-pixel spread of the super-resolution model: the standard deviation (ddof=0) of {samples} "
+        f"independent stochastic samples of each tile, whose mean is '{variable}'. Across tile overlaps the "
+        "per-tile std is blended with the same weights as the data (sum_k w_k std_k): exact where one tile "
+        "covers a pixel, elsewhere an approximation of the blended sample's std that never falls below it. "
+        f"It is the spread of one sample; the standard error of the {samples}-sample mean is std/sqrt({samples}). "
+        f"Nodata wherever '{variable}' is nodata{floor}. Level 0 only: no overviews."
+    )
+    attrs["geosr:uncertainty"] = {
+        "of": variable,
+        "samples": int(samples),
+        "statistic": "standard deviation, ddof=0",
+        "blend": "weighted mean of per-tile std with the data's blending weights",
+        "overviews": "none (level 0 only)",
+    }
+    return attrs
+
+
 def _b64_float(v: float) -> str:
     return base64.standard_b64encode(struct.pack("<d", v)).decode()
 

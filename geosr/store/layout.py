@@ -4,6 +4,7 @@
 
     <store>/                      root group: multiscales, proj:/spatial: attrs, geosr record
       <variable>  (band, y, x)    level 0; chunks (1, chunk, chunk) [v3 shards (bands, shard, shard)]
+      <variable>_std (band, y, x) with output.uncertainty_samples: per-pixel std, level 0 only, same layout
       band (band)  x (x)  y (y)   band names; pixel centres (float64)
       spatial_ref ()              CF grid mapping: crs_wkt, spatial_ref, GeoTransform
       overviews/<l>/              level l = 1..L, 2**l coarser, same variables with their own x/y
@@ -22,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from .encode import compressors, nodata, variable_attrs
+from .encode import compressors, nodata, std_attrs, variable_attrs
 from .georef import (
     CONVENTION_MULTISCALES,
     CONVENTION_PROJ,
@@ -105,7 +106,6 @@ def _with_dims(spec: OutputSpec, attrs: dict[str, Any], dims: tuple[str, ...]) -
 def _create_level(group: Any, spec: OutputSpec, lv: Level) -> None:
     h, w = lv.shape
     fmt = spec.zarr_format
-    comp = compressors(spec.compressor, spec.level, fmt, np.dtype(spec.dtype).itemsize)
     coord_comp = compressors(spec.compressor, spec.level, fmt, 8)
     none_fill = {} if fmt == 3 else {"fill_value": None}
 
@@ -134,14 +134,29 @@ def _create_level(group: Any, spec: OutputSpec, lv: Level) -> None:
                                   attributes={"long_name": "band name"}, dimension_names=["band"])
     band[:] = names
 
-    # the data variable
+    # the data variable(s)
     attrs = variable_attrs(spec.dtype, fmt)
+    if lv.index == 0 and spec.std_variable:
+        attrs["ancillary_variables"] = spec.std_variable  # CF: the std describes this variable
+    _create_data_array(group, spec, lv, spec.variable, attrs)
+    if lv.index == 0 and spec.std_variable:
+        _create_data_array(group, spec, lv, spec.std_variable,
+                           std_attrs(spec.dtype, fmt, spec.variable, spec.uncertainty_samples))
+
+
+def _create_data_array(group: Any, spec: OutputSpec, lv: Level, name: str, attrs: dict[str, Any]) -> None:
+    """A (band, y, x) array of ``spec.dtype`` on level ``lv``'s grid, chunks, shards and codecs, with the
+    georeferencing every reader needs (CF grid mapping, GDAL ``_CRS``, GeoZarr ``proj:``/``spatial:``)."""
+    h, w = lv.shape
+    fmt = spec.zarr_format
+    attrs = dict(attrs)
     attrs.update(geozarr_attrs(spec.crs_wkt, lv.transform, h, w))
     attrs.update(grid_mapping=GRID_MAPPING, coordinates=GRID_MAPPING, _CRS=gdal_crs_attr(spec.crs_wkt))
+    comp = compressors(spec.compressor, spec.level, fmt, np.dtype(spec.dtype).itemsize)
     chunks = (1, *lv.chunk)
     shards = (spec.bands, *lv.shard) if lv.shard else None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", category=UserWarning)  # NaN fill value notes in zarr-python
-        group.create_array(spec.variable, shape=(spec.bands, h, w), dtype=spec.dtype, chunks=chunks, shards=shards,
+        group.create_array(name, shape=(spec.bands, h, w), dtype=spec.dtype, chunks=chunks, shards=shards,
                            compressors=comp, fill_value=nodata(spec.dtype),
                            attributes=_with_dims(spec, attrs, DIMS), **_dims(spec, DIMS))

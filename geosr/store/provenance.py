@@ -47,7 +47,7 @@ def encoding_note(spec: OutputSpec) -> str:
 
 def store_record(spec: OutputSpec, plan_hash: str, created: str, levels: tuple[Level, ...]) -> dict[str, Any]:
     """The ``geosr`` attribute written at creation (``complete`` false, no provenance yet)."""
-    return {
+    record: dict[str, Any] = {
         "format": STORE_FORMAT,
         "version": __version__,
         "plan_hash": plan_hash,
@@ -63,6 +63,10 @@ def store_record(spec: OutputSpec, plan_hash: str, created: str, levels: tuple[L
             "resampling": "mean of the valid pixels of each 2x2 cell of the level above; nodata if none",
         },
     }
+    if spec.std_variable:
+        record["uncertainty"] = {"variable": spec.std_variable, "samples": spec.uncertainty_samples,
+                                 "overviews": "none (level 0 only)"}
+    return record
 
 
 def finalized_record(record: dict[str, Any], provenance: dict[str, Any], finalized: str) -> dict[str, Any]:
@@ -84,6 +88,7 @@ def summary(record: dict[str, Any]) -> dict[str, Any]:
         "model": model_name,
         "model_version": model_version,
         "config_hash": prov.get("config_hash"),
+        "uncertainty_samples": prov.get("uncertainty_samples") or None,
         "plan_hash": record.get("plan_hash"),
         "start_time": prov.get("start_time"),
         "end_time": prov.get("end_time"),

@@ -37,6 +37,8 @@ class OutputSpec:
     affine (a, b, c, d, e, f) of the output grid, north-up (b = d = 0). ``dtype`` "uint16" stores
     reflectance x 10000 with nodata 0, "float32" stores reflectance with NaN nodata. ``overviews`` is
     the number of 2x overview levels; None picks levels until the longer side is under 256 px.
+    ``uncertainty_samples`` (0 = off, else >= 2) adds :attr:`std_variable` (``<variable>_std``): the
+    per-pixel standard deviation over that many model samples, at level 0 only, encoded like ``variable``.
     """
 
     shape: tuple[int, int, int]
@@ -52,6 +54,7 @@ class OutputSpec:
     compressor: str = "zstd"
     level: int = 3
     overviews: int | None = None
+    uncertainty_samples: int = 0
 
     def __post_init__(self) -> None:
         def _set(name: str, value: Any) -> None:  # normalise types on a frozen instance
@@ -125,6 +128,26 @@ class OutputSpec:
                     f"overviews={self.overviews}: a {shape[1]} x {shape[2]} output has room for 0..{most} 2x levels"
                 )
             _set("overviews", n)
+        try:
+            samples = int(self.uncertainty_samples)
+        except (TypeError, ValueError):
+            samples = -1
+        if samples != self.uncertainty_samples or samples < 0 or samples == 1:
+            raise ConfigError(
+                f"uncertainty_samples={self.uncertainty_samples!r}: use 0 (no uncertainty variable) or the number "
+                "of samples per tile, at least 2"
+            )
+        _set("uncertainty_samples", samples)
+
+    @property
+    def std_variable(self) -> str | None:
+        """Name of the per-pixel standard deviation variable (``<variable>_std``), None without uncertainty."""
+        return f"{self.variable}_std" if self.uncertainty_samples else None
+
+    @property
+    def variables(self) -> tuple[str, ...]:
+        """The data variables at level 0: ``variable``, then ``std_variable`` when there is one."""
+        return (self.variable, self.std_variable) if self.std_variable else (self.variable,)
 
     # -- geometry ---------------------------------------------------------------------------------
     @property
@@ -204,6 +227,8 @@ class OutputSpec:
         d["shape"] = list(self.shape)
         d["band_names"] = list(self.band_names)
         d["transform"] = list(self.transform)
+        if not self.uncertainty_samples:
+            del d["uncertainty_samples"]  # off: the plan of a store without it reads as before the option existed
         return d
 
     @classmethod
@@ -224,6 +249,7 @@ class OutputSpec:
             shape=shape, chunk=chunk, block=block, band_names=band_names, crs_wkt=crs_wkt, transform=transform,
             variable=output.variable, dtype=output.dtype, zarr_format=output.zarr_format, shard=output.shard,
             compressor=output.compressor, level=output.level, overviews=output.overviews,
+            uncertainty_samples=output.uncertainty_samples,
         )
 
 

@@ -3,7 +3,8 @@
 The Item carries the projection extension (``proj:code``, ``proj:wkt2``, ``proj:shape``,
 ``proj:transform``, ``proj:bbox``, ``proj:centroid``), a bbox and footprint in EPSG:4326 (edges
 densified, so a projected rectangle's curved outline is followed), and one ``data`` asset pointing at
-the store with media type ``application/vnd+zarr``.
+the store with media type ``application/vnd+zarr``. A store with an uncertainty variable says so in
+``geosr:uncertainty`` (variable name, samples per tile).
 """
 
 from __future__ import annotations
@@ -72,6 +73,8 @@ def build_stac_item(uri: str, spec: OutputSpec, provenance: dict[str, Any] | Non
     model = prov.get("model")
     if isinstance(model, dict) and model.get("name"):
         props["geosr:model"] = model.get("name")
+    if spec.std_variable:
+        props["geosr:uncertainty"] = {"variable": spec.std_variable, "samples": spec.uncertainty_samples}
     item = pystac.Item(id=item_id(uri), geometry=geom, bbox=box, datetime=dt, properties=props)
     proj = ProjectionExtension.ext(item, add_if_missing=True)
     a, _, c, _, e, f = spec.transform

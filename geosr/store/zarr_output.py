@@ -3,7 +3,7 @@
 Lifecycle (see ``docs/architecture.md``, Store contract)::
 
     out = ZarrOutput.create(uri, spec, env, plan_hash)   # all metadata + coordinates, no pixels
-    out.write_block(block, data, valid)                  # any worker, any order, each block once
+    out.write_block(block, data, valid[, std=std])       # any worker, any order, each block once
     out.mark_done(block, stats)                          # after the block's chunks are stored
     out.finalize(provenance)                             # overview tail, attrs, STAC, completion marker
 
@@ -27,7 +27,7 @@ from ..errors import OutputError, OutputExistsError
 from ..grid import Block
 from ..io.storage import StorageEnv
 from .backend import StoreLocation, storage_errors
-from .encode import encode
+from .encode import encode, nodata, valid_mask
 from .ledger import Ledger
 from .layout import create_hierarchy
 from .overviews import Level, block_pyramid, build_tail, plan_levels
@@ -53,7 +53,7 @@ class ZarrOutput:
         self.levels: tuple[Level, ...] = plan_levels(spec)
         self._ledger = Ledger(loc)
         self._lock = threading.Lock()
-        self._arrays: dict[int, Any] = {}
+        self._arrays: dict[str, Any] = {}  # open arrays by path
         self._written: set[str] = set()
 
     def __reduce__(self):
@@ -124,25 +124,29 @@ class ZarrOutput:
         return cls(loc, spec, plan["plan_hash"], plan.get("created", ""))
 
     # -- writing -------------------------------------------------------------------------------------
-    def _array(self, level: int) -> Any:
+    def _array(self, level: int, variable: str | None = None) -> Any:
+        """The open array of ``variable`` (default: the data variable) at ``level``."""
+        path = self.levels[level].array_path(variable or self.spec.variable)
         with self._lock:
-            arr = self._arrays.get(level)
+            arr = self._arrays.get(path)
             if arr is None:
                 import zarr
 
                 with storage_errors(self.uri, "open"), warnings.catch_warnings():
                     warnings.simplefilter("ignore", category=UserWarning)
-                    path = self.levels[level].array_path(self.spec.variable)
                     arr = zarr.open_array(self._loc.zarr_store(), path=path, mode="r+",
                                           zarr_format=self.spec.zarr_format)
-                self._arrays[level] = arr
+                self._arrays[path] = arr
             return arr
 
-    def write_block(self, block: Block, data: np.ndarray, valid: np.ndarray) -> None:
+    def write_block(self, block: Block, data: np.ndarray, valid: np.ndarray, std: np.ndarray | None = None) -> None:
         """Encode and write exactly ``block``'s region: level 0 and the overview levels it owns.
 
         ``data`` is (bands, h, w) float reflectance, ``valid`` (h, w) bool; invalid or non-finite pixels
-        become nodata. Rewriting a block writes the same bytes (safe after a crash)."""
+        become nodata. ``std`` (bands, h, w), the per-pixel standard deviation, is required exactly when
+        the store has a std variable (``spec.uncertainty_samples``); it is written at level 0 only, encoded
+        like ``data``, and is nodata wherever ``data`` is. Rewriting a block writes the same bytes (safe
+        after a crash)."""
         spec = self.spec
         spec.check_block(block)
         h, w = block.shape
@@ -151,9 +155,24 @@ class ZarrOutput:
         valid = np.asarray(valid, dtype=bool)
         if valid.shape != (h, w):
             raise ValueError(f"block {block.key}: valid mask is {valid.shape}, expected {(h, w)}")
+        if spec.std_variable is None and std is not None:
+            raise ValueError(f"block {block.key}: got a std, but {self.uri} has no std variable (it was created "
+                             "with uncertainty_samples=0)")
+        if spec.std_variable is not None:
+            if std is None:
+                raise ValueError(f"block {block.key}: {self.uri} has a std variable ({spec.std_variable}); pass "
+                                 "std= with the data, or the block would be marked done without it")
+            if std.shape != data.shape:
+                raise ValueError(f"block {block.key}: std is {std.shape}, expected {data.shape} like the data")
         raw = encode(data, valid, spec.dtype)
+        raw_std = None
+        if std is not None:
+            raw_std = encode(std, valid, spec.dtype)
+            raw_std[~valid_mask(raw, spec.dtype)] = nodata(spec.dtype)  # nodata wherever the data is
         with storage_errors(self.uri, "write"):
             self._array(0)[:, block.y0:block.y1, block.x0:block.x1] = raw
+            if raw_std is not None:
+                self._array(0, spec.std_variable)[:, block.y0:block.y1, block.x0:block.x1] = raw_std
             for lv, level_raw in block_pyramid(raw, self.levels, spec.dtype):
                 rows, cols = lv.region(spec, block.y0, block.y1, block.x0, block.x1)
                 if level_raw.shape[1:] != (rows.stop - rows.start, cols.stop - cols.start):

@@ -10,7 +10,8 @@ from ..errors import ConfigError
 from .base import TileBatch, Upsampler, resolve_device
 from .classic import KINDS, ClassicUpsampler
 
-__all__ = ["TileBatch", "Upsampler", "resolve_device", "build_upsampler", "available", "register"]
+__all__ = ["TileBatch", "Upsampler", "resolve_device", "build_upsampler", "available", "register",
+           "sampling_models", "require_sampling"]
 
 _EXTRA: dict[str, Callable[..., Upsampler]] = {}
 
@@ -23,6 +24,31 @@ def register(name: str, factory: Callable[..., Upsampler]) -> None:
 def _builtin_models() -> dict[str, str]:
     # name -> "module:factory"; imported only when asked for, so torch/diffusers load lazily
     return {"ldm": "geosr.diffusion.upsampler:build"}
+
+
+def _builtin_sampling() -> frozenset[str]:
+    # built-in models whose upsampler has ``sample_with_std`` (known without importing them)
+    return frozenset({"ldm"})
+
+
+def sampling_models() -> list[str]:
+    """Models known to draw several samples per tile (``sample_with_std``): the built-in ones, plus
+    registered factories whose product class says so (``register`` of a class with ``sample_with_std``)."""
+    names = set(_builtin_sampling())
+    names |= {n for n, f in _EXTRA.items() if callable(getattr(f, "sample_with_std", None))}
+    return sorted(names)
+
+
+def require_sampling(upsampler: Upsampler, samples: int) -> None:
+    """Raise :class:`ConfigError` when ``samples`` (``output.uncertainty_samples``) asks for uncertainty
+    and ``upsampler`` cannot draw samples. Call it once the model is built, before anything is written."""
+    if samples and not callable(getattr(upsampler, "sample_with_std", None)):
+        name = getattr(upsampler, "name", type(upsampler).__name__)
+        raise ConfigError(
+            f"output.uncertainty_samples={samples} needs a model that draws samples (sample_with_std); model "
+            f"{name!r} is deterministic: use {' or '.join(sampling_models())} (or a plugin model with "
+            "sample_with_std(batch, n)), or set output.uncertainty_samples: 0"
+        )
 
 
 def available() -> list[str]:

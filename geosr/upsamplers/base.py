@@ -68,3 +68,11 @@ def check_output(batch: TileBatch, out: np.ndarray, scale: int) -> np.ndarray:
     if out.shape != (b, c, h * scale, w * scale):
         raise RuntimeError(f"upsampler returned {out.shape}; expected {(b, c, h * scale, w * scale)}")
     return out
+
+
+def check_samples(batch: TileBatch, mean: np.ndarray, std: np.ndarray, scale: int) -> None:
+    """Raise unless ``sample_with_std`` returned (mean, std), each of the batch's output shape."""
+    b, c, h, w = batch.pixels.shape
+    want = (b, c, h * scale, w * scale)
+    if np.shape(mean) != want or np.shape(std) != want:
+        raise RuntimeError(f"sample_with_std returned {np.shape(mean)} and {np.shape(std)}; expected {want} each")
