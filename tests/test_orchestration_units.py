@@ -363,3 +363,21 @@ def test_lease_on_s3_uses_conditional_writes(s3_bucket):
     assert LeaseRecord.from_bytes(body).owner == b.owner
     b.release()
     assert key not in s3_bucket.keys()
+
+
+def test_cuda_oom_is_recognised_through_a_model_error():
+    import torch
+
+    from geosr.errors import ModelError
+    from geosr.orchestration.gpu import is_cuda_oom
+
+    assert is_cuda_oom(torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))
+    try:
+        try:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+        except torch.cuda.OutOfMemoryError as inner:
+            raise ModelError("out of GPU memory at batch 64; lower model.batch_size") from inner
+    except ModelError as wrapped:
+        assert is_cuda_oom(wrapped), "the batch-halving retry must see an OOM a model wrapped"
+    assert not is_cuda_oom(ModelError("weights file is corrupt"))
+    assert not is_cuda_oom(RuntimeError("out of memory in the host allocator"))

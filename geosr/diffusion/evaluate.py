@@ -126,23 +126,13 @@ def evaluate(methods: dict[str, Callable[[], Any]], s: EvalSetup, log=print) -> 
 
 
 def aligned_seam_ratio(img: np.ndarray, bounds_y, bounds_x, scale: int) -> tuple[float, float, float, float]:
-    """Like :func:`geosr.metrics.seam_metric`, but the reference is the gradient energy on the *other* lines at
-    the same sub-pixel phase (multiples of ``scale``: low-res pixel edges) instead of all other lines. Any x``scale``
-    upsampler has a periodic structure there (interpolation kernels, block-wise projections), which the plain
-    metric counts as seams; this ratio isolates what tiling adds. Returns (seam_sum, seam_n, ref_sum, ref_n)."""
-    a = np.asarray(img, dtype=np.float64)
-    out = [0.0, 0, 0.0, 0]
-    for axis, bounds in ((1, bounds_y), (2, bounds_x)):
-        d = (np.diff(a, axis=axis) ** 2).sum(axis=0)  # step i -> i+1 sits at position i+1
-        n = d.shape[axis - 1]
-        pos = np.arange(1, n + 1)
-        seam = np.isin(pos, np.asarray(list(bounds), dtype=np.int64))
-        ref = (pos % scale == 0) & ~seam
-        line = d.sum(axis=1 - (axis - 1)) if axis == 1 else d.sum(axis=0)
-        width = d.shape[1] if axis == 1 else d.shape[0]
-        out[0] += float(line[seam].sum()); out[1] += int(seam.sum()) * width
-        out[2] += float(line[ref].sum()); out[3] += int(ref.sum()) * width
-    return out[0], out[1], out[2], out[3]
+    """Sums of :func:`geosr.metrics.seam_metric` with ``period=scale``: the reference is the gradient energy
+    on the *other* lines at the same sub-pixel phase (low-res pixel edges) instead of all other lines. Any
+    x``scale`` upsampler has a periodic structure there, which the plain metric counts as seams; this
+    isolates what tiling adds. Returns (seam_sum, seam_n, ref_sum, ref_n)."""
+    acc = metrics.SeamAccumulator()
+    acc.add(img, list(bounds_y), list(bounds_x), period=scale)
+    return acc.seam_sum, acc.seam_n, acc.inner_sum, acc.inner_n
 
 
 def seams(methods: dict[str, Callable[[], Any]], s: EvalSetup, log=print) -> dict[str, Any]:

@@ -55,17 +55,25 @@ class ModelSpec:
 
 
 def is_cuda_oom(exc: BaseException) -> bool:
-    """A CUDA out-of-memory error (``torch.cuda.OutOfMemoryError`` or the older RuntimeError text)."""
+    """A CUDA out-of-memory error (``torch.cuda.OutOfMemoryError`` or the older RuntimeError text),
+    also when a model wrapped it (e.g. in a ModelError): the whole cause chain is looked at."""
     try:
         import torch
 
         oom = getattr(torch.cuda, "OutOfMemoryError", None)
-        if oom is not None and isinstance(exc, oom):
-            return True
     except ImportError:  # pragma: no cover
-        pass
-    text = str(exc).lower()
-    return isinstance(exc, RuntimeError) and "out of memory" in text and ("cuda" in text or "cublas" in text)
+        oom = None
+    seen: list[BaseException] = []
+    e: BaseException | None = exc
+    while e is not None and e not in seen and len(seen) < 8:
+        seen.append(e)
+        if oom is not None and isinstance(e, oom):
+            return True
+        text = str(e).lower()
+        if isinstance(e, RuntimeError) and "out of memory" in text and ("cuda" in text or "cublas" in text):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
 
 
 def _free_cuda_memory() -> None:
