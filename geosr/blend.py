@@ -24,8 +24,9 @@ class BlockBlender:
         self.block = block
         self.ramp = ramp
         h, w = block.shape
-        self._ref = np.zeros((bands, h, w), dtype=np.float32)
-        self._acc = np.zeros((bands, h, w), dtype=np.float32)
+        # Not zero-filled: every pixel is written once when its first tile arrives (ref = tile, acc = 0).
+        self._ref = np.empty((bands, h, w), dtype=np.float32)
+        self._acc = np.empty((bands, h, w), dtype=np.float32)
         self._covered = np.zeros((h, w), dtype=bool)
         self._last = -1
         self._wy = axis_weights(grid, 0, ramp)
@@ -76,8 +77,10 @@ class BlockBlender:
             new_left = ~rest
             if new_left.any():
                 ref[:, r:, :c][:, new_left] = t[:, r:, :c][:, new_left]
+                acc[:, r:, :c][:, new_left] = 0.0
                 rest[new_left] = True
             ref[:, r:, c:] = t[:, r:, c:]
+            acc[:, r:, c:] = 0.0
             covered[r:, c:] = True
         for rows, cs in ((slice(0, r), slice(None)), (slice(r, None), slice(0, c))):
             rr, cc = ref[:, rows, cs], t[:, rows, cs]
