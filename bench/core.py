@@ -104,6 +104,9 @@ def geosr_run(inp: str, out: str, scale: int, chunk: int, block: int, workers: i
 
 
 def child(kind: str, inp: str, out: str, scale: int, chunk: int, block: int, workers: int) -> None:
+    from geosr.runtime import limit_malloc_arenas
+
+    limit_malloc_arenas()  # as the geosr CLI does; applied to both so they compare like for like
     fn = floor_run if kind == "floor" else geosr_run
     res = fn(inp, out, scale, chunk, block, workers)
     res["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

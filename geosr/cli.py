@@ -30,6 +30,9 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    from .runtime import limit_malloc_arenas
+
+    limit_malloc_arenas()  # flat memory over long runs (see geosr/runtime.py)
     try:
         rc = args.func(args)
     except GeosrError as e:

@@ -68,6 +68,8 @@ def embedded_cluster(spec: ClusterSpec) -> Any:
                            "drop --dask-threads or use --gpu-workers 1")
     cls = Nanny if spec.processes else Worker
     common: dict[str, Any] = {"host": "127.0.0.1"}
+    if spec.processes:  # flat worker memory over long runs (geosr/runtime.py explains)
+        common["env"] = {"MALLOC_ARENA_MAX": "2"}
     if not spec.processes:
         common["memory_limit"] = 0  # in-process workers share this process's memory; no per-worker budget
     workers: dict[str, dict[str, Any]] = {}
@@ -76,7 +78,7 @@ def embedded_cluster(spec: ClusterSpec) -> Any:
     for i in range(n_gpu):
         opts: dict[str, Any] = {**common, "nthreads": 1, "resources": {GPU: 1}}
         if spec.processes and gpus > 1 and i < gpus:
-            opts["env"] = {"CUDA_VISIBLE_DEVICES": _device_for(i)}
+            opts["env"] = {**opts.get("env", {}), "CUDA_VISIBLE_DEVICES": _device_for(i)}
         workers[f"gpu-{i}"] = {"cls": cls, "options": opts}
     # the scheduler's HTTP server (health, and the dashboard when asked for) on a free port unless told
     scheduler = {"cls": Scheduler, "options": {"host": "127.0.0.1", "dashboard_address": spec.dashboard_address or ":0",

@@ -73,6 +73,7 @@ COPY ${MODELS_DIR}/ /opt/geosr/models/
 COPY --chmod=0755 infra/docker/entrypoint.sh /opt/geosr/bin/entrypoint.sh
 COPY --chmod=0644 infra/docker/fetch_weights.py /opt/geosr/bin/fetch_weights.py
 ENV PATH=/opt/venv/bin:$PATH \
+    MALLOC_ARENA_MAX=2 \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONPATH=/opt/geosr \
