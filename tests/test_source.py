@@ -693,3 +693,39 @@ def test_sentinel2_band_offsets_that_disagree_are_refused(tmp_path):
         _open(p, preset="sentinel2-l2a")
     assert "input.add_offset" in _message(e)
     assert _open(p, preset="sentinel2-l2a", bands=(1,)).meta.add_offset == pytest.approx(-0.1)
+
+
+def test_reading_a_whole_scene_keeps_gdal_cache_bounded(tmp_path):
+    """GDAL's block cache defaults to 5 % of RAM and would end up holding the whole input; reads happen
+    inside geosr's GDAL environment, which caps it, so memory stays flat as scenes grow."""
+    import subprocess
+    import sys
+    import textwrap
+
+    import rasterio
+    from rasterio.transform import from_origin
+
+    path = tmp_path / "big.tif"
+    n = 4096
+    prof = dict(driver="GTiff", height=n, width=n, count=4, dtype="uint16", crs="EPSG:32633",
+                transform=from_origin(0, 0, 10, 10), tiled=True, blockxsize=512, blockysize=512)
+    rng = np.random.default_rng(0)
+    with rasterio.open(path, "w", **prof) as dst:  # 128 MB of pixels, uncompressed
+        block = rng.integers(1, 60000, (4, 512, n), dtype=np.uint16)
+        for r in range(0, n, 512):
+            dst.write(block, window=((r, r + 512), (0, n)))
+    code = textwrap.dedent(f"""
+        from geosr.config import InputConfig
+        from geosr.io.source import open_source
+        from geosr.io.storage import StorageEnv
+        rss = lambda: int(open('/proc/self/statm').read().split()[1]) * 4096
+        src = open_source({str(path)!r}, InputConfig(), StorageEnv())
+        src.read((0, 64), (0, 64))
+        base = rss()
+        for r in range(0, {n}, 1024):
+            for c in range(0, {n}, 1024):
+                src.read((r, r + 1024), (c, c + 1024))
+        print((rss() - base) // 2**20)
+    """)
+    grown = int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+    assert grown < 100, f"RSS grew {grown} MiB reading a 128 MiB scene window by window"

@@ -184,10 +184,9 @@ class RasterSource:
         window = Window(c0, r0, c1 - c0, r1 - r0)
         plan = self._plan
         try:
-            if is_remote(plan.uri):
-                with rasterio_env(plan.uri, plan.env, st.session):
-                    dn, valid = _read_window(st.dataset, window, plan)
-            else:
+            # local files too: GDAL reads its block-cache limit (GDAL_CACHEMAX) when the cache is first
+            # used, and an unbounded cache would grow with the scene (the whole input, eventually)
+            with rasterio_env(plan.uri, plan.env, st.session):
                 dn, valid = _read_window(st.dataset, window, plan)
         except GeosrError:
             raise
