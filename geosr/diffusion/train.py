@@ -283,13 +283,7 @@ class Trainer:
             x_t = sched.add_noise(z0, noise, t)
             target = sched.get_velocity(z0, noise, t)
             loss = F.mse_loss(m.denoise(x_t, t, cond), target)
-            for g in self.opt_dn.param_groups:
-                g["lr"] = cfg.lr * _cosine(step, cfg.denoiser_steps, warmup=100)
-            self.opt_dn.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(m.denoiser.parameters(), 1.0)
-            self.opt_dn.step()
-            self._ema_update(step)
+            self._denoiser_step(loss, cfg.lr * _cosine(step, cfg.denoiser_steps, warmup=100), step)
             self.state["denoiser_step"] = step
             self.losses["denoiser"].append(float(loss.detach()))
             extra = ""
@@ -310,6 +304,16 @@ class Trainer:
         self.save()
 
     @torch.no_grad()
+    def _denoiser_step(self, loss, lr: float, step: int) -> None:
+        """One optimiser step of the denoiser (both training stages): set lr, backprop, clip, step, EMA."""
+        for g in self.opt_dn.param_groups:
+            g["lr"] = lr
+        self.opt_dn.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.denoiser.parameters(), 1.0)
+        self.opt_dn.step()
+        self._ema_update(step)
+
     def _ema_update(self, step: int) -> None:
         d = min(self.cfg.ema, (1 + step) / (10 + step))
         for k, v in self.model.denoiser.state_dict().items():
@@ -395,13 +399,7 @@ class Trainer:
             noise2 = torch.from_numpy(rng.standard_normal(z0.shape).astype(np.float32)).to(self.dev)
             vloss = F.mse_loss(m.denoise(sched.add_noise(z0, noise2, t), t, cond), sched.get_velocity(z0, noise2, t))
             loss = pix + cfg.finetune_v_weight * vloss
-            for g in self.opt_dn.param_groups:
-                g["lr"] = cfg.finetune_lr * _cosine(step, cfg.finetune_steps, warmup=50)
-            self.opt_dn.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(m.denoiser.parameters(), 1.0)
-            self.opt_dn.step()
-            self._ema_update(step)
+            self._denoiser_step(loss, cfg.finetune_lr * _cosine(step, cfg.finetune_steps, warmup=50), step)
             self.state["finetune_step"] = step
             self.losses.setdefault("finetune", []).append(float(pix.detach()))
             extra = ""
