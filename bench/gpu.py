@@ -2,7 +2,10 @@
 
 One prepared script for a device machine (random weights: throughput does not depend on them):
 
-    python bench/gpu.py --json bench-gpu.json                  # production config, CUDA, bf16 + fp16
+    python bench/gpu.py --json bench-gpu.json                  # shipped model config, CUDA, bf16 + fp16
+    python bench/gpu.py --config configs/model-production.yaml # the large production architecture
+    bash bench/gpu_session.sh                                  # the whole device-machine session (install,
+                                                               # check, measure, short CUDA training run)
     python bench/gpu.py --device cpu --quick                   # logic check on CPU with tiny configs
 
 For each (architecture, dtype, batch size, sampler steps) it times the whole per-tile pipeline the engine
@@ -161,7 +164,8 @@ def opensr_modules(dev, dtype: str, batch: int, tile: int, repeat: int, reduced:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda")
-    p.add_argument("--config", default=str(ROOT / "configs" / "model-production.yaml"))
+    p.add_argument("--config", default=str(ROOT / "configs" / "model-rgbn-x4.yaml"),
+                   help="model YAML to time (default: the shipped model; configs/model-production.yaml: the large one)")
     p.add_argument("--batch", type=int, nargs="+", default=[32, 64, 128])
     p.add_argument("--steps", type=int, nargs="+", default=[1, 2, 4])
     p.add_argument("--dtype", nargs="+", default=["bfloat16", "float16"])

@@ -84,7 +84,8 @@ class TilingConfig(_Frozen):
 
 
 class ModelConfig(_Frozen):
-    name: str = Field(default="bicubic", description="upsampler: nearest, bilinear, bicubic, lanczos, or a model")
+    name: str = Field(default="ldm", description="upsampler: ldm (the bundled latent-diffusion model, the default), "
+                      "nearest, bilinear, bicubic, lanczos, or a registered model")
     params: dict[str, Any] = Field(default_factory=dict)
     batch_size: int = Field(default=16, ge=1, le=4096)
     device: str = Field(default="auto", description="auto, cpu, cuda, cuda:N")

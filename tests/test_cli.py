@@ -16,7 +16,7 @@ from tests.data.synthetic import (make_corrupt_block_geotiff, make_geotiff, make
                                   make_ungeoreferenced_tiff, write_not_a_raster)
 
 SMALL = ["--scale", "2", "--tile", "32", "--overlap", "8", "--chunk", "64", "--block", "128",
-         "--device", "cpu", "--no-progress"]
+         "--device", "cpu", "--no-progress", "--model", "bicubic"]
 
 
 def _run(argv, capsys):
@@ -111,7 +111,7 @@ def test_incomplete_output_other_parameters(scene, tmp_path, capsys):
 
     out = tmp_path / "o.zarr"
     cfg = load_config(None, {"tiling.scale": 2, "tiling.tile": 32, "tiling.overlap": 8, "tiling.chunk": 64,
-                             "tiling.block": 64, "model.device": "cpu"})
+                             "tiling.block": 64, "model.device": "cpu", "model.name": "bicubic"})
     run_scene(str(scene), str(out), cfg, max_blocks=1)
     rc, _, err = _run(["run", str(scene), str(out), *SMALL], capsys)  # block 128 != 64
     _one_line_error(rc, err, "--overwrite")
@@ -140,3 +140,23 @@ def test_entry_point_exit_code_and_no_traceback(tmp_path):
     r = subprocess.run([sys.executable, "-m", "geosr", "run", str(tmp_path / "nope.tif"), str(tmp_path / "o.zarr")],
                        capture_output=True, text=True)
     assert r.returncode == 2 and "Traceback" not in r.stderr and "does not exist" in r.stderr
+
+
+def test_default_model_is_the_bundled_diffusion_model(tmp_path, capsys):
+    """No --model: the bundled latent-diffusion model (x4, red/green/blue/nir); a scene it can't take is a
+    one-line error that says what to do."""
+    import json
+
+    import zarr
+
+    src = make_geotiff(tmp_path / "rgbn.tif", height=40, width=48, bands=4, seed=2)
+    out = tmp_path / "o.zarr"
+    rc, so, err = _run(["run", str(src), str(out), "--tile", "32", "--overlap", "8", "--chunk", "64",
+                        "--block", "128", "--device", "cpu", "--no-progress"], capsys)
+    assert rc == 0, err
+    attrs = dict(zarr.open_group(str(out), mode="r").attrs)
+    prov = attrs.get("provenance") or attrs.get("geosr:provenance") or attrs
+    assert '"name": "ldm"' in json.dumps(prov)
+    three = make_geotiff(tmp_path / "rgb.tif", height=40, width=48, bands=3, seed=3)
+    rc, _, err = _run(["run", str(three), str(tmp_path / "p.zarr"), "--device", "cpu", "--no-progress"], capsys)
+    _one_line_error(rc, err, "--bands", "--model bicubic")

@@ -1,4 +1,5 @@
-"""``geosr train``: train the latent-diffusion SR model (autoencoder, then denoiser) from high-res GeoTIFFs."""
+"""``geosr train``: train the latent-diffusion SR model (mean predictor, autoencoder, denoiser) from high-res
+GeoTIFFs or a corpus manifest."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ def register(subparsers) -> None:
                                                     "(configs/model-small.yaml)")
     p.add_argument("--out", required=True, help="run directory; holds config.json + safetensors when done")
     p.add_argument("--data", nargs="+", default=None, help="high-res GeoTIFFs (override train.data.files)")
+    p.add_argument("--manifest", default=None, help="corpus manifest.json (override train.data.manifest)")
+    p.add_argument("--mean-steps", type=int, default=None, help="stage 0: mean predictor steps")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (override train.device)")
     p.add_argument("--ae-steps", type=int, default=None)
     p.add_argument("--denoiser-steps", type=int, default=None)
@@ -46,12 +49,17 @@ def run(args: argparse.Namespace) -> int:
     tr = doc["train"]
     if args.data:
         tr = {**tr, "data": {**tr.get("data", {}), "files": list(args.data)}}
+    if args.manifest:
+        tr = {**tr, "data": {**tr.get("data", {}), "manifest": args.manifest}}
+    if (tr.get("data") or {}).get("manifest"):
+        tr["data"]["manifest"] = str(Path(tr["data"]["manifest"]).expanduser())
     cfg = train_spec_from_dict(tr)
     over = {k: v for k, v in {"device": args.device, "ae_steps": args.ae_steps, "denoiser_steps": args.denoiser_steps,
                               "finetune_steps": args.finetune_steps,
+                              "mean_steps": args.mean_steps,
                               "batch": args.batch, "threads": args.threads, "time_limit_s": args.time_limit}.items()
             if v is not None}
     cfg = replace(cfg, **over)
     out = Trainer(spec, cfg, args.out).run()
-    print(f"model saved to {out} (config.json + autoencoder.safetensors + denoiser.safetensors)")
+    print(f"model saved to {out} (config.json + safetensors weights)")
     return 0

@@ -25,6 +25,7 @@ class Degradation:
     operator: str = "average"  # average | gaussian (blur sigma 0.5*scale, centre decimation)
     blur_sigma: tuple[float, float] = (0.0, 0.0)  # extra HR Gaussian blur, sigma drawn uniformly (HR px)
     noise_std: tuple[float, float] = (0.0, 0.002)  # LR Gaussian noise std, drawn uniformly (reflectance)
+    blur_prob: float = 1.0  # share of batches that get the extra blur (the rest: the operator alone)
 
     def __post_init__(self) -> None:
         if self.operator not in OPERATORS:
@@ -33,7 +34,7 @@ class Degradation:
     def apply(self, hr: torch.Tensor, scale: int, rng: np.random.Generator) -> torch.Tensor:
         x = hr
         lo, hi = self.blur_sigma
-        if hi > 0:
+        if hi > 0 and rng.random() < self.blur_prob:
             sig = float(rng.uniform(lo, hi))
             if sig > 0.05:
                 x = gaussian_blur(x, sig)
@@ -48,7 +49,10 @@ class Degradation:
 
 @dataclass(frozen=True)
 class DataSpec:
-    files: tuple[str, ...]
+    files: tuple[str, ...] = ()
+    manifest: str | None = None  # a corpus manifest.json (scripts/fetch_corpus.py): its "train"/"holdout" scenes
+    band_names: tuple[str, ...] = ("red", "green", "blue", "nir")  # model band order (manifest scenes)
+    min_side: int = 0  # skip manifest scenes smaller than this (HR px)
     bands: tuple[int, ...] | None = None  # 1-based; default all
     dn_scale: float = 1.0 / 255.0
     holdout: float = 0.25  # east fraction of every raster kept out of training
@@ -74,6 +78,41 @@ def read_reflectance(path: str, bands: tuple[int, ...] | None, dn_scale: float) 
     return a
 
 
+def manifest_scenes(path: str | Path, part: str) -> list[dict]:
+    """The scenes of a corpus manifest for ``part`` ("train" or "heldout"); each with an absolute ``path``."""
+    import json
+
+    p = Path(path)
+    if not p.is_file():
+        raise InputNotFoundError(f"corpus manifest {p} does not exist; build it with scripts/fetch_corpus.py")
+    data = json.loads(p.read_text())
+    scenes = data["scenes"] if isinstance(data, dict) else data
+    want = "train" if part == "train" else "holdout"
+    out = []
+    for sc in scenes:
+        if sc.get("split") != want:
+            continue
+        f = Path(sc.get("path") or sc.get("file") or f"scenes/{sc['name']}.tif")
+        out.append({**sc, "path": str(f if f.is_absolute() else p.parent / f)})
+    return out
+
+
+def read_scene(scene: dict, band_names: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """A manifest scene as (C, H, W) float32 in the model's band order, and the (C,) mask of bands it really
+    has; a band it lacks (e.g. nir of an RGB orthophoto) is filled with the mean of the bands it has."""
+    names = [str(b).lower() for b in scene["bands"]]
+    img = read_reflectance(scene["path"], None, float(scene.get("value_scale") or scene.get("scale") or scene.get("dn_scale") or 1.0))
+    if img.shape[0] != len(names):
+        raise InputError(f"{scene['path']}: manifest lists {len(names)} bands, the file has {img.shape[0]}")
+    have = np.array([b in names for b in band_names], dtype=np.float32)
+    if not have.any():
+        raise InputError(f"{scene['path']}: none of the bands {list(band_names)} (it has {names})")
+    present = [img[names.index(b)] for b in band_names if b in names]
+    fill = np.mean(present, axis=0)
+    out = np.stack([img[names.index(b)] if b in names else fill for b in band_names]).astype(np.float32)
+    return out, have
+
+
 def split(img: np.ndarray, holdout: float) -> tuple[np.ndarray, np.ndarray]:
     """(train, heldout) by columns: the held-out part is the east ``holdout`` fraction."""
     w = img.shape[-1]
@@ -88,25 +127,40 @@ class PairSampler:
         if spec.patch % scale:
             raise ConfigError(f"patch={spec.patch} must be a multiple of scale={scale}")
         self.spec, self.scale = spec, scale
-        self.images = []
+        self.images, self.masks, self.names = [], [], []
         for f in spec.files:
             tr, ho = split(read_reflectance(f, spec.bands, spec.dn_scale), spec.holdout)
             img = tr if part == "train" else ho
             if min(img.shape[1:]) >= spec.patch:
                 self.images.append(img)
+                self.masks.append(np.ones(img.shape[0], dtype=np.float32))
+                self.names.append(Path(f).name)
+        if spec.manifest:
+            for sc in manifest_scenes(spec.manifest, part):
+                img, have = read_scene(sc, spec.band_names)
+                if min(img.shape[1:]) >= max(spec.patch, spec.min_side):
+                    self.images.append(img)
+                    self.masks.append(have)
+                    self.names.append(sc["name"])
         if not self.images:
-            raise InputError(f"no {part} region of {list(spec.files)} is at least {spec.patch} px on each side")
+            raise InputError(f"no {part} region of {list(spec.files) or spec.manifest} is at least "
+                             f"{spec.patch} px on each side")
+        if len({i.shape[0] for i in self.images}) > 1:
+            raise InputError(f"training rasters have different band counts: {[i.shape[0] for i in self.images]}")
         sizes = np.array([i.shape[1] * i.shape[2] for i in self.images], dtype=np.float64)
         self.weights = sizes / sizes.sum()
         self.pixels = int(sizes.sum())
         self.bands = self.images[0].shape[0]
 
-    def batch(self, n: int, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    def batch(self, n: int, rng: np.random.Generator, with_mask: bool = False):
+        """(lr, hr) — or (lr, hr, band mask (n, C)) with ``with_mask`` — for ``n`` random patches."""
         p = self.spec.patch
         out = np.empty((n, self.bands, p, p), dtype=np.float32)
+        mask = np.empty((n, self.bands), dtype=np.float32)
         k = 0
         while k < n:
-            img = self.images[rng.choice(len(self.images), p=self.weights)]
+            i = rng.choice(len(self.images), p=self.weights)
+            img = self.images[i]
             y = int(rng.integers(0, img.shape[1] - p + 1))
             x = int(rng.integers(0, img.shape[2] - p + 1))
             crop = img[:, y : y + p, x : x + p]
@@ -116,7 +170,8 @@ class PairSampler:
             if rng.integers(0, 2):
                 crop = crop[:, :, ::-1]
             out[k] = crop * np.float32(rng.uniform(*self.spec.gain))
+            mask[k] = self.masks[i]
             k += 1
         hr = torch.from_numpy(out)
         lr = self.spec.degradation.apply(hr, self.scale, rng)
-        return lr, hr
+        return (lr, hr, torch.from_numpy(mask)) if with_mask else (lr, hr)

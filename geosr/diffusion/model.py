@@ -2,9 +2,13 @@
 
 * autoencoder: ``AutoencoderTiny`` (default; TAESD-style, deterministic, cheap decoder) or ``AutoencoderKL``
   (its posterior mode is used). It codes the C-band high-res *residual* over the consistent bicubic base.
+  or ``shuffle`` (lossless space-to-depth, no weights). It codes the C-band high-res *residual* over the base.
+* mean (optional): :class:`~geosr.diffusion.mean.MeanPredictor`, a low-res-resolution regression CNN whose
+  pixel-shuffled output, added to the consistent bicubic and projected, is the base: the conditional mean.
+  The diffusion then models only what the mean cannot know, and sees the mean as extra condition channels.
 * denoiser: ``UNet2DModel`` on ``[noisy latent, condition]``; the condition is the normalised low-res tile
   itself (already at latent resolution for a 4x autoencoder at scale 4: no autoencoder pass, no upsample),
-  resized to the latent grid otherwise.
+  resized to the latent grid otherwise (plus the encoded mean when there is a mean predictor).
 
 :class:`LatentSR` holds both; the samplers only ever see :meth:`LatentSR.denoise` as a callable.
 """
@@ -16,12 +20,30 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ModelError
+from .consistency import consistent_base, project
+from .mean import MeanPredictor
 from .spec import AutoencoderSpec, DenoiserSpec, ModelSpec
+
+
+class ShuffleCode(nn.Module):
+    """The lossless "autoencoder": ``pixel_unshuffle`` / ``pixel_shuffle`` by ``factor`` (no weights)."""
+
+    def __init__(self, factor: int) -> None:
+        super().__init__()
+        self.factor = factor
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return F.pixel_unshuffle(x, self.factor)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return F.pixel_shuffle(z, self.factor)
 
 
 def build_autoencoder(spec: AutoencoderSpec, bands: int) -> nn.Module:
     from diffusers import AutoencoderKL, AutoencoderTiny
 
+    if spec.kind == "shuffle":
+        return ShuffleCode(spec.factor)
     if spec.kind == "tiny":
         if len(spec.encoder_block_out_channels) != len(spec.num_encoder_blocks) or \
                 len(spec.decoder_block_out_channels) != len(spec.num_decoder_blocks):
@@ -66,15 +88,41 @@ class LatentSR(nn.Module):
         super().__init__()
         self.spec = spec
         self.autoencoder = build_autoencoder(spec.autoencoder, spec.bands)
-        self.denoiser = build_denoiser(spec.denoiser, spec.autoencoder.latent_channels, spec.bands)
+        self.mean = None if spec.mean is None else MeanPredictor(
+            spec.bands, spec.scale, spec.mean.features, spec.mean.blocks, spec.mean.res_scale)
+        cond_channels = spec.bands + (spec.autoencoder.latent_channels if spec.mean is not None else 0)
+        self.denoiser = build_denoiser(spec.denoiser, spec.autoencoder.latent_channels, cond_channels)
 
     @property
     def latent_channels(self) -> int:
         return self.spec.autoencoder.latent_channels
 
-    def condition(self, lowres: torch.Tensor, latent_hw: tuple[int, int]) -> torch.Tensor:
-        """The denoiser's conditioning channels for low-res tiles, at latent size ``latent_hw``."""
-        c = (lowres - self.spec.cond_offset) / self.spec.cond_scale
+    def normalise(self, lowres: torch.Tensor) -> torch.Tensor:
+        return (lowres - self.spec.cond_offset) / self.spec.cond_scale
+
+    def base(self, lowres: torch.Tensor) -> torch.Tensor:
+        """The high-res estimate the diffusion residual is added to: the back-projected interpolation, plus
+        the mean predictor's residual (projected again, so the base reproduces the input exactly)."""
+        s = self.spec
+        b = consistent_base(lowres, s.scale, s.base, "average", s.base_iterations)
+        if self.mean is None:
+            return b
+        return project(b + self.mean(self.normalise(lowres)) * s.residual_scale, lowres, s.scale, "average", 0)
+
+    def condition(self, lowres: torch.Tensor, latent_hw: tuple[int, int],
+                  base: torch.Tensor | None = None) -> torch.Tensor:
+        """The denoiser's conditioning channels for low-res tiles, at latent size ``latent_hw``; with a mean
+        predictor also the encoded mean residual (``base`` minus the bicubic base), computed if not given."""
+        c = self.normalise(lowres)
+        if self.mean is not None:
+            if base is None:
+                base = self.base(lowres)
+            s = self.spec
+            plain = consistent_base(lowres, s.scale, s.base, "average", s.base_iterations)
+            m = self.encode(base - plain)
+            if tuple(c.shape[-2:]) != tuple(latent_hw):
+                c = F.interpolate(c, size=latent_hw, mode="bilinear", align_corners=False)
+            return torch.cat([c, m], dim=1)
         if self.spec.condition == "encoded_bilinear":  # LDSR-S2: a full autoencoder pass on an upsample
             up = F.interpolate(c, scale_factor=self.spec.scale, mode="bilinear", align_corners=False)
             return self.encode(up * self.spec.residual_scale) / self.spec.autoencoder.scaling_factor
@@ -87,7 +135,9 @@ class LatentSR(nn.Module):
         (B, L, sH/d, sW/d)."""
         x = residual / self.spec.residual_scale
         ae = self.autoencoder
-        if self.spec.autoencoder.kind == "tiny":
+        if self.spec.autoencoder.kind == "shuffle":
+            z = ae.encode(x)
+        elif self.spec.autoencoder.kind == "tiny":
             z = ae.encoder(x)
         else:
             z = ae.quant_conv(ae.encoder(x)) if ae.quant_conv is not None else ae.encoder(x)
@@ -98,7 +148,9 @@ class LatentSR(nn.Module):
         """Scaled latent -> high-res residual (or image) reflectance."""
         z = z / self.spec.autoencoder.scaling_factor
         ae = self.autoencoder
-        if self.spec.autoencoder.kind == "tiny":
+        if self.spec.autoencoder.kind == "shuffle":
+            x = ae.decode(z)
+        elif self.spec.autoencoder.kind == "tiny":
             x = ae.decoder(z)
         else:
             if ae.post_quant_conv is not None:

@@ -2,7 +2,8 @@
 
 For a batch of low-res tiles ``(B, C, h, w)`` with global origins:
 
-1. ``base`` = bicubic upsample back-projected onto the input (cheap, consistent);
+1. ``base`` = bicubic upsample back-projected onto the input (cheap, consistent), plus the mean predictor's
+   residual when the model has one (:meth:`LatentSR.base`);
 2. ``cond`` = the normalised low-res tile at latent resolution;
 3. ``x_T`` = position-keyed noise (:mod:`geosr.diffusion.noise`), so overlapping tiles share it;
 4. a sampler (:mod:`geosr.diffusion.samplers`) integrates the v-prediction denoiser from ``x_T`` to ``z_0``
@@ -24,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError
-from .consistency import OPERATORS, consistent_base, project
+from .consistency import OPERATORS, project
 from .model import LatentSR
 from .noise import keyed_noise, sample_seed, tile_coords
 from .samplers import MAX_STEPS, get_sampler
@@ -40,6 +41,7 @@ class SamplingOptions:
     operator: str = "average"  # sensor operator of the consistency projection
     projection: bool = True
     projection_iterations: int = 3
+    diffusion: bool = True  # False: the mean predictor's estimate alone (an ablation; no denoiser, no noise)
     dtype: str = "auto"  # auto (bf16 autocast on CUDA, float32 on CPU), float32, bfloat16, float16
 
     def __post_init__(self) -> None:
@@ -108,10 +110,15 @@ def super_resolve(model: LatentSR, lowres: torch.Tensor, origins: np.ndarray, *,
     if c != spec.bands:
         raise ConfigError(f"the model takes {spec.bands} bands; the input has {c}")
     residual = getattr(spec, "target", "residual") == "residual"
-    base = consistent_base(lowres, s, spec.base, "average", spec.base_iterations) if residual else None
+    base = model.base(lowres) if residual else None
+    if not options.diffusion:
+        if base is None:
+            raise ConfigError("diffusion=false needs a residual model (the base is its estimate without diffusion)")
+        return project(base, lowres, s, options.operator, options.projection_iterations) if options.projection \
+            else base
     f = spec.latent_per_lowres
     lh, lw = h * f, w * f
-    cond = model.condition(lowres, (lh, lw))
+    cond = model.condition(lowres, (lh, lw), base)
     rows, cols = tile_coords(origins, (lh, lw), f, dev)
     key = sample_seed(seed, sample)
     lc = model.latent_channels

@@ -20,12 +20,16 @@ FORMAT_VERSION = 1
 
 @dataclass(frozen=True)
 class AutoencoderSpec:
-    """diffusers ``AutoencoderTiny`` (``kind="tiny"``) or ``AutoencoderKL`` (``kind="kl"``) hyper-parameters.
+    """diffusers ``AutoencoderTiny`` (``kind="tiny"``), ``AutoencoderKL`` (``kind="kl"``) hyper-parameters, or
+    the lossless space-to-depth code (``kind="shuffle"``: ``pixel_unshuffle`` by ``factor``, no weights).
 
-    The autoencoder maps the high-res *residual* over the consistent bicubic base (divided by
-    ``ModelSpec.residual_scale``) to a latent ``2**(len(block_out_channels)-1)`` times smaller."""
+    The autoencoder maps the high-res *residual* over the base (divided by ``ModelSpec.residual_scale``) to a
+    latent ``2**(len(block_out_channels)-1)`` (or ``factor``) times smaller. A learned autoencoder caps what
+    the residual can hold (16x fewer numbers for a 4-channel latent at x4); ``shuffle`` keeps every value, so
+    the diffusion model works on the exact residual at low-res resolution."""
 
     kind: str = "tiny"
+    factor: int = 4  # shuffle only: spatial downsampling; latent_channels must be bands * factor**2
     latent_channels: int = 4
     encoder_block_out_channels: tuple[int, ...] = (32, 32, 32)
     decoder_block_out_channels: tuple[int, ...] = (32, 32, 32)
@@ -39,6 +43,8 @@ class AutoencoderSpec:
 
     @property
     def downsample(self) -> int:
+        if self.kind == "shuffle":
+            return self.factor
         chans = self.encoder_block_out_channels
         return 2 ** (len(chans) - 1)
 
@@ -78,6 +84,15 @@ class ScheduleSpec:
 
 
 @dataclass(frozen=True)
+class MeanSpec:
+    """The regression mean predictor (:mod:`geosr.diffusion.mean`) run before diffusion (absent: none)."""
+
+    features: int = 48
+    blocks: int = 8
+    res_scale: float = 0.2
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     """Everything needed to rebuild the model and reproduce its numerics."""
 
@@ -94,6 +109,7 @@ class ModelSpec:
     #                            bilinear 4x upsample encoded by the autoencoder (posterior mode)
     autoencoder: AutoencoderSpec = field(default_factory=AutoencoderSpec)
     denoiser: DenoiserSpec = field(default_factory=DenoiserSpec)
+    mean: MeanSpec | None = None  # regression mean predictor; the diffusion then models what it leaves
     schedule: ScheduleSpec = field(default_factory=ScheduleSpec)
     sampling: dict[str, Any] = field(default_factory=dict)  # recommended SamplingOptions (model.params override)
     format_version: int = FORMAT_VERSION
@@ -113,8 +129,13 @@ class ModelSpec:
             raise ModelError(f"target={self.target!r}: choose residual or image")
         if self.condition not in ("lowres", "encoded_bilinear"):
             raise ModelError(f"condition={self.condition!r}: choose lowres or encoded_bilinear")
-        if self.autoencoder.kind not in ("tiny", "kl"):
-            raise ModelError(f"autoencoder.kind={self.autoencoder.kind!r}: choose tiny or kl")
+        if self.autoencoder.kind not in ("tiny", "kl", "shuffle"):
+            raise ModelError(f"autoencoder.kind={self.autoencoder.kind!r}: choose tiny, kl or shuffle")
+        if self.autoencoder.kind == "shuffle" and \
+                self.autoencoder.latent_channels != self.bands * self.autoencoder.factor ** 2:
+            raise ModelError(f"autoencoder.kind=shuffle with factor {self.autoencoder.factor} needs latent_channels="
+                             f"{self.bands * self.autoencoder.factor ** 2} (bands * factor**2), "
+                             f"not {self.autoencoder.latent_channels}")
 
     @property
     def latent_per_lowres(self) -> int:
@@ -136,9 +157,10 @@ class ModelSpec:
             ver = int(d.get("format_version", FORMAT_VERSION))
             if ver > FORMAT_VERSION:
                 raise ModelError(f"model config format_version={ver} is newer than this geosr ({FORMAT_VERSION}); upgrade geosr")
-            sub = {"autoencoder": AutoencoderSpec, "denoiser": DenoiserSpec, "schedule": ScheduleSpec}
+            sub = {"autoencoder": AutoencoderSpec, "denoiser": DenoiserSpec, "schedule": ScheduleSpec,
+                   "mean": MeanSpec}
             for key, typ in sub.items():
-                if key in d:
+                if key in d and d[key] is not None:
                     d[key] = _build(typ, d[key])
             return _build(cls, d)
         except (TypeError, ValueError) as e:

@@ -1,4 +1,5 @@
-"""Two-stage training: the residual autoencoder, then the v-prediction latent denoiser (with EMA).
+"""Staged training: the mean predictor (if the model has one), the residual autoencoder (if learned), then
+the v-prediction latent denoiser (with EMA), then optional one-step fine-tuning.
 
 Everything is resumable: every ``checkpoint_every`` steps the run directory gets the current weights
 (``config.json`` + safetensors, loadable by :func:`geosr.diffusion.weights_io.load_model`) and
@@ -27,7 +28,7 @@ from .consistency import consistent_base
 from .data import DataSpec, Degradation, PairSampler
 from .model import LatentSR, count_parameters
 from .spec import AutoencoderSpec, ModelSpec
-from .weights_io import AE_FILE, DENOISER_FILE, load_tensors, save_model, save_tensors
+from .weights_io import AE_FILE, DENOISER_FILE, MEAN_FILE, load_tensors, save_model, save_tensors
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,9 @@ log = logging.getLogger(__name__)
 class TrainSpec:
     data: DataSpec
     batch: int = 8
+    mean_steps: int = 0  # stage 0: the regression mean predictor (models with ``mean`` only)
+    mean_lr: float = 1e-3
+    mean_batch: int = 0  # 0: same as ``batch``
     ae_steps: int = 1000
     denoiser_steps: int = 4000
     lr: float = 1e-3
@@ -128,12 +132,23 @@ class Trainer:
         torch.manual_seed(train.seed)  # reproducible initialisation (batches are seeded per step)
         self.model = LatentSR(spec).to(self.dev)
         self.ema = {k: v.detach().clone() for k, v in self.model.denoiser.state_dict().items()}
-        self.state = {"stage": "autoencoder", "ae_step": 0, "denoiser_step": 0, "history": [], "elapsed_s": 0.0}
-        self.opt_ae = torch.optim.AdamW(self.model.autoencoder.parameters(), lr=train.ae_lr, weight_decay=0.0)
-        self.opt_dn = torch.optim.AdamW(self.model.denoiser.parameters(), lr=train.lr, weight_decay=0.0)
+        self.state = {"stage": "mean" if spec.mean is not None else "autoencoder", "mean_step": 0, "ae_step": 0,
+                      "denoiser_step": 0, "history": [], "elapsed_s": 0.0}
+        self._make_optimisers()
         self.log = log_fn or (lambda m: print(m, file=sys.stderr, flush=True))
-        self.losses: dict[str, list[float]] = {"autoencoder": [], "denoiser": []}  # this process's steps
+        self.losses: dict[str, list[float]] = {"mean": [], "autoencoder": [], "denoiser": []}  # this process's
         self._resume()
+
+    def _make_optimisers(self) -> None:
+        m, cfg = self.model, self.cfg
+        self.opt_ae = torch.optim.AdamW(m.autoencoder.parameters(), lr=cfg.ae_lr, weight_decay=0.0) \
+            if any(True for _ in m.autoencoder.parameters()) else None
+        self.opt_dn = torch.optim.AdamW(m.denoiser.parameters(), lr=cfg.lr, weight_decay=0.0)
+        self.opt_mean = torch.optim.Adam(m.mean.parameters(), lr=cfg.mean_lr) if m.mean is not None else None
+
+    def _optimisers(self) -> dict[str, torch.optim.Optimizer]:
+        named = {"optim_ae": self.opt_ae, "optim_denoiser": self.opt_dn, "optim_mean": self.opt_mean}
+        return {k: v for k, v in named.items() if v is not None}
 
     # -- persistence ------------------------------------------------------------------------------------
     def _resume(self) -> None:
@@ -148,24 +163,27 @@ class Trainer:
         self.model = LatentSR(saved_spec).to(self.dev)
         self.model.autoencoder.load_state_dict(load_tensors(self.state_dir / AE_FILE))
         self.model.denoiser.load_state_dict(load_tensors(self.state_dir / DENOISER_FILE))
+        if self.model.mean is not None:
+            self.model.mean.load_state_dict(load_tensors(self.state_dir / MEAN_FILE))
         self.ema = load_tensors(self.out / DENOISER_FILE) if (self.out / DENOISER_FILE).is_file() else \
             {k: v.detach().clone() for k, v in self.model.denoiser.state_dict().items()}
-        self.opt_ae = torch.optim.AdamW(self.model.autoencoder.parameters(), lr=self.cfg.ae_lr, weight_decay=0.0)
-        self.opt_dn = torch.optim.AdamW(self.model.denoiser.parameters(), lr=self.cfg.lr, weight_decay=0.0)
-        for name, opt in (("optim_ae", self.opt_ae), ("optim_denoiser", self.opt_dn)):
+        self._make_optimisers()
+        for name, opt in self._optimisers().items():
             f = self.state_dir / f"{name}.safetensors"
-            if f.is_file():
+            if f.is_file() and name in saved:
                 _restore_optim(opt, load_tensors(f), saved[name])
-        self.state = saved["state"]
-        self.log(f"resumed {self.out}: stage {self.state['stage']}, autoencoder step {self.state['ae_step']}, "
-                 f"denoiser step {self.state['denoiser_step']}")
+        self.state = {"mean_step": 0, **saved["state"]}
+        self.log(f"resumed {self.out}: stage {self.state['stage']}, mean step {self.state['mean_step']}, "
+                 f"autoencoder step {self.state['ae_step']}, denoiser step {self.state['denoiser_step']}")
 
     def save(self) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         save_tensors(self.model.autoencoder.state_dict(), self.state_dir / AE_FILE)
         save_tensors(self.model.denoiser.state_dict(), self.state_dir / DENOISER_FILE)
+        if self.model.mean is not None:
+            save_tensors(self.model.mean.state_dict(), self.state_dir / MEAN_FILE)
         meta = {"spec": self.spec.to_dict(), "state": self.state, "train": _jsonable(asdict(self.cfg))}
-        for name, opt in (("optim_ae", self.opt_ae), ("optim_denoiser", self.opt_dn)):
+        for name, opt in self._optimisers().items():
             tensors, m = _optim_state(opt)
             if tensors:
                 save_tensors(tensors, self.state_dir / f"{name}.safetensors")
@@ -174,6 +192,8 @@ class Trainer:
         ema_model = LatentSR(self.spec)
         ema_model.autoencoder.load_state_dict(self.model.autoencoder.state_dict())
         ema_model.denoiser.load_state_dict(self.ema)
+        if self.model.mean is not None:
+            ema_model.mean.load_state_dict(self.model.mean.state_dict())
         save_model(ema_model, self.out, self._provenance())
         tmp = self.state_dir / "state.json.tmp"
         tmp.write_text(json.dumps(meta, indent=1))
@@ -185,27 +205,87 @@ class Trainer:
             "files": [Path(f).name for f in d.files], "bands": list(d.bands) if d.bands else None,
             "dn_scale": d.dn_scale, "holdout_east_fraction": d.holdout, "train_pixels_hr": self.train_data.pixels,
             "heldout_pixels_hr": self.val_data.pixels, "patch": d.patch, "batch": self.cfg.batch,
-            "degradation": asdict(d.degradation), "autoencoder_steps": self.state["ae_step"],
+            "degradation": asdict(d.degradation), "mean_steps": self.state.get("mean_step", 0),
+            "autoencoder_steps": self.state["ae_step"],
             "denoiser_steps": self.state["denoiser_step"], "finetune_steps": self.state.get("finetune_step", 0),
             "elapsed_s": round(self.state["elapsed_s"], 1),
             "device": self.cfg.device, "threads": torch.get_num_threads(), "torch": torch.__version__,
             "autoencoder_params": count_parameters(self.model.autoencoder),
             "denoiser_params": count_parameters(self.model.denoiser),
+            "mean_params": count_parameters(self.model.mean) if self.model.mean is not None else 0,
             "history": self.state["history"][-20:],
         }
         return replace(self.spec, trained=trained)
 
     # -- stages -----------------------------------------------------------------------------------------
     def _base_residual(self, lr: torch.Tensor, hr: torch.Tensor) -> torch.Tensor:
-        base = consistent_base(lr, self.spec.scale, self.spec.base, "average", self.spec.base_iterations)
-        return hr - base
+        with torch.no_grad():
+            return hr - self.model.base(lr)
 
     def _stage_budget_ok(self, t0: float) -> bool:
         return not (self.cfg.time_limit_s and time.perf_counter() - t0 > self.cfg.time_limit_s)
 
+    def train_mean(self) -> None:
+        """Stage 0: the regression mean predictor, L1 on the projected high-res estimate (so it only learns
+        what the exact block-average projection cannot restore), Adam with a cosine schedule."""
+        from .consistency import project
+
+        cfg, m = self.cfg, self.model
+        start = int(self.state.get("mean_step", 0))
+        if m.mean is None or start >= cfg.mean_steps:
+            return
+        self.state["stage"] = "mean"
+        m.mean.train()
+        prog = Progress("mean", cfg.mean_steps, start, cfg.log_every)
+        t0 = time.perf_counter()
+        rs, s = self.spec.residual_scale, self.spec.scale
+        for step in range(start + 1, cfg.mean_steps + 1):
+            lr, hr, have = self.train_data.batch(cfg.mean_batch or cfg.batch, _batch_rng(cfg.seed, 5, step), True)
+            lr, hr, have = lr.to(self.dev), hr.to(self.dev), have.to(self.dev)[:, :, None, None]
+            with torch.no_grad():
+                plain = consistent_base(lr, s, self.spec.base, "average", self.spec.base_iterations)
+            out = project(plain + m.mean(m.normalise(lr)) * rs, lr, s, "average", 0)
+            err = (out - hr).abs() * have / rs  # bands a scene lacks (filled) carry no loss
+            loss = err.sum() / (have.sum() * hr.shape[-2] * hr.shape[-1]).clamp_min(1.0)
+            for g in self.opt_mean.param_groups:
+                g["lr"] = cfg.mean_lr * _cosine(step, cfg.mean_steps, warmup=100)
+            self.opt_mean.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(m.mean.parameters(), 1.0)
+            self.opt_mean.step()
+            self.state["mean_step"] = step
+            self.losses["mean"].append(float(loss.detach()))
+            extra = ""
+            if step % cfg.val_every == 0 or step == cfg.mean_steps:
+                m.mean.eval()
+                val = self.validate(mean_only=True)
+                m.mean.train()
+                self.state["history"].append({"step": f"mean {step}", **val})
+                extra = " ".join(f"{k} {v:.4f}" for k, v in val.items())
+            prog.update(step, float(loss.detach()), extra)
+            stop = not self._stage_budget_ok(t0)
+            if step % cfg.checkpoint_every == 0 or step == cfg.mean_steps or stop:
+                self.state["elapsed_s"] += time.perf_counter() - t0
+                t0 = time.perf_counter()
+                self.save()
+                if stop:
+                    self.log("time limit reached; checkpoint saved, rerun the same command to continue")
+                    raise _TimeLimit
+        m.mean.eval().requires_grad_(False)
+        self.state["stage"] = "autoencoder"
+        self.save()
+
     def train_autoencoder(self) -> None:
         cfg, m = self.cfg, self.model
+        if m.mean is not None:
+            m.mean.eval().requires_grad_(False)
         start = self.state["ae_step"]
+        if self.opt_ae is None:  # a fixed code (shuffle): nothing to learn, only the latent scale
+            if self.state["stage"] in ("mean", "autoencoder"):
+                self._calibrate_latent()
+                self.state["stage"] = "denoiser"
+                self.save()
+            return
         if start >= cfg.ae_steps:
             return
         m.autoencoder.train()
@@ -276,8 +356,9 @@ class Trainer:
             lr, hr = self.train_data.batch(cfg.batch, rng)
             lr, hr = lr.to(self.dev), hr.to(self.dev)
             with torch.no_grad():
-                z0 = m.encode(self._base_residual(lr, hr))
-            cond = m.condition(lr, tuple(z0.shape[-2:]))
+                base = m.base(lr)
+                z0 = m.encode(hr - base)
+                cond = m.condition(lr, tuple(z0.shape[-2:]), base)
             noise = torch.from_numpy(rng.standard_normal(z0.shape).astype(np.float32)).to(self.dev)
             t = self._timesteps(z0.shape[0], rng).to(self.dev)
             x_t = sched.add_noise(z0, noise, t)
@@ -299,7 +380,7 @@ class Trainer:
                 self.save()
                 if stop:
                     self.log("time limit reached; checkpoint saved, rerun the same command to continue")
-                    return
+                    raise _TimeLimit
         self.state["stage"] = "done"
         self.save()
 
@@ -323,7 +404,7 @@ class Trainer:
                 self.ema[k].copy_(v)
 
     @torch.no_grad()
-    def validate(self, steps: int | None = None) -> dict[str, float]:
+    def validate(self, steps: int | None = None, mean_only: bool = False) -> dict[str, float]:
         """PSNR of the EMA model (``few_steps``-step DPM-Solver++) and of the consistent bicubic base on
         held-out patches."""
         from .pipeline import SamplingOptions, super_resolve
@@ -331,27 +412,41 @@ class Trainer:
         ema_model = LatentSR(self.spec).to(self.dev)
         ema_model.autoencoder.load_state_dict(self.model.autoencoder.state_dict())
         ema_model.denoiser.load_state_dict(self.ema)
+        if self.model.mean is not None:
+            ema_model.mean.load_state_dict(self.model.mean.state_dict())
         ema_model.eval()
-        mse_m, mse_b = [], []
+        mse_m, mse_b, mse_mean = [], [], []
         for i in range(self.cfg.val_batches):
             lr, hr = self.val_data.batch(self.cfg.batch, _batch_rng(self.cfg.seed, 3, i))
             lr, hr = lr.to(self.dev), hr.to(self.dev)
             origins = np.zeros((lr.shape[0], 2), dtype=np.int64)
-            sr = super_resolve(ema_model, lr, origins, seed=0,
-                               options=SamplingOptions(steps=steps or self.cfg.few_steps))
+            if not mean_only:
+                sr = super_resolve(ema_model, lr, origins, seed=0,
+                                   options=SamplingOptions(steps=steps or self.cfg.few_steps))
+                mse_m.append(float(F.mse_loss(sr, hr)))
             base = consistent_base(lr, self.spec.scale, self.spec.base, "average", self.spec.base_iterations)
-            mse_m.append(float(F.mse_loss(sr, hr)))
             mse_b.append(float(F.mse_loss(base, hr)))
+            if ema_model.mean is not None:
+                mse_mean.append(float(F.mse_loss(ema_model.base(lr), hr)))
         self.model.denoiser.train()
-        return {"val_psnr": -10 * math.log10(np.mean(mse_m)), "val_psnr_base": -10 * math.log10(np.mean(mse_b))}
+        out = {"val_psnr_base": _psnr(mse_b)}
+        if mse_mean:
+            out["val_psnr_mean"] = _psnr(mse_mean)
+        if mse_m:
+            out["val_psnr"] = _psnr(mse_m)
+        return out
 
     def run(self) -> Path:
         self.log(f"training data: {self.train_data.pixels} HR px (train), {self.val_data.pixels} HR px (held out); "
                  f"autoencoder {count_parameters(self.model.autoencoder)} params, "
                  f"denoiser {count_parameters(self.model.denoiser)} params")
-        self.train_autoencoder()
-        self.train_denoiser()
-        self.finetune_one_step()
+        try:
+            self.train_mean()
+            self.train_autoencoder()
+            self.train_denoiser()
+            self.finetune_one_step()
+        except _TimeLimit:
+            pass
         return self.out
 
     def finetune_one_step(self) -> None:
@@ -384,10 +479,10 @@ class Trainer:
             rng = _batch_rng(cfg.seed, 4, step)
             lr, hr = self.train_data.batch(cfg.batch, rng)
             lr, hr = lr.to(self.dev), hr.to(self.dev)
-            base = consistent_base(lr, self.spec.scale, self.spec.base, "average", self.spec.base_iterations)
             with torch.no_grad():
+                base = m.base(lr)
                 z0 = m.encode(hr - base)
-            cond = m.condition(lr, tuple(z0.shape[-2:]))
+                cond = m.condition(lr, tuple(z0.shape[-2:]), base)
             noise = torch.from_numpy(rng.standard_normal(z0.shape).astype(np.float32)).to(self.dev)
             tT = torch.full((z0.shape[0],), T, device=self.dev, dtype=torch.long)
             x_T = sched.add_noise(z0, noise, tT)
@@ -416,6 +511,14 @@ class Trainer:
                     self.spec = replace(self.spec, sampling={"steps": 1, "sampler": "dpmpp"})
                     m.spec = self.spec
                 self.save()
+
+
+class _TimeLimit(Exception):
+    """Raised inside a stage when ``time_limit_s`` is reached (after a checkpoint)."""
+
+
+def _psnr(mses: list[float]) -> float:
+    return -10 * math.log10(max(float(np.mean(mses)), 1e-12))
 
 
 def _arch_digest(spec: ModelSpec) -> str:

@@ -136,8 +136,9 @@ def build(*, scale: int, batch_size: int = 16, device: str = "auto", bands: int 
     path = Path(weights) if weights else bundled_dir()
     model = load_model(path, dev)
     if bands is not None and bands != model.spec.bands:
-        raise ConfigError(f"the input has {bands} bands but the model at {path} takes {model.spec.bands}; "
-                          "select bands with input.bands")
+        raise ConfigError(f"the input has {bands} bands but the model at {path} takes {model.spec.bands} "
+                          f"({','.join(model.spec.band_names)}): select them with --bands (input.bands), "
+                          "or use --model bicubic / lanczos for any band count")
     bad = set(model.spec.sampling) - _OPTION_KEYS
     if bad:
         raise ModelError(f"{path}/config.json: sampling keys {sorted(bad)} are unknown")

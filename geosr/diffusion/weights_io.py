@@ -5,6 +5,7 @@ Layout::
     <dir>/config.json                 ModelSpec (architecture, numerics, training provenance)
     <dir>/autoencoder.safetensors     autoencoder state dict
     <dir>/denoiser.safetensors        denoiser state dict (the EMA weights for trained models)
+    <dir>/mean.safetensors            mean predictor state dict (only when config.json has ``mean``)
 
 Training state (optimiser moments, step counters, RNG) lives in ``<dir>/train/`` as safetensors + JSON.
 """
@@ -22,6 +23,7 @@ from .spec import ModelSpec
 CONFIG = "config.json"
 AE_FILE = "autoencoder.safetensors"
 DENOISER_FILE = "denoiser.safetensors"
+MEAN_FILE = "mean.safetensors"
 
 
 def bundled_dir() -> Path:
@@ -56,6 +58,8 @@ def save_model(model: LatentSR, directory: str | Path, spec: ModelSpec | None = 
     (spec or model.spec).save(d / CONFIG)
     save_tensors(model.autoencoder.state_dict(), d / AE_FILE, {"format": "pt"})
     save_tensors(model.denoiser.state_dict(), d / DENOISER_FILE, {"format": "pt"})
+    if model.mean is not None:
+        save_tensors(model.mean.state_dict(), d / MEAN_FILE, {"format": "pt"})
     return d
 
 
@@ -81,4 +85,6 @@ def load_model(directory: str | Path, device: str | torch.device = "cpu") -> Lat
     model = LatentSR(spec)
     _load_into(model.autoencoder, load_tensors(d / AE_FILE), "autoencoder", d)
     _load_into(model.denoiser, load_tensors(d / DENOISER_FILE), "denoiser", d)
+    if model.mean is not None:
+        _load_into(model.mean, load_tensors(d / MEAN_FILE), "mean predictor", d)
     return model.to(device).eval()
