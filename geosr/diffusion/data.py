@@ -53,6 +53,7 @@ class DataSpec:
     manifest: str | None = None  # a corpus manifest.json (scripts/fetch_corpus.py): its "train"/"holdout" scenes
     band_names: tuple[str, ...] = ("red", "green", "blue", "nir")  # model band order (manifest scenes)
     min_side: int = 0  # skip manifest scenes smaller than this (HR px)
+    size_power: float = 1.0  # scenes are drawn with probability ~ pixels**size_power (0.5: small scenes count more)
     bands: tuple[int, ...] | None = None  # 1-based; default all
     dn_scale: float = 1.0 / 255.0
     holdout: float = 0.25  # east fraction of every raster kept out of training
@@ -148,7 +149,8 @@ class PairSampler:
         if len({i.shape[0] for i in self.images}) > 1:
             raise InputError(f"training rasters have different band counts: {[i.shape[0] for i in self.images]}")
         sizes = np.array([i.shape[1] * i.shape[2] for i in self.images], dtype=np.float64)
-        self.weights = sizes / sizes.sum()
+        draw = sizes ** float(spec.size_power)
+        self.weights = draw / draw.sum()
         self.pixels = int(sizes.sum())
         self.bands = self.images[0].shape[0]
 
