@@ -348,6 +348,8 @@ class Trainer:
             return
         sched = DDPMScheduler(**self.spec.schedule.scheduler_config())
         m.autoencoder.eval().requires_grad_(False)
+        if start == 0 and m.mean is not None:
+            self._zero_denoiser_output()
         m.denoiser.train()
         prog = Progress("denoiser", cfg.denoiser_steps, start, cfg.log_every)
         t0 = time.perf_counter()
@@ -383,6 +385,17 @@ class Trainer:
                     raise _TimeLimit
         self.state["stage"] = "done"
         self.save()
+
+    @torch.no_grad()
+    def _zero_denoiser_output(self) -> None:
+        """Behind a mean predictor the denoiser starts from v = 0: with the zero-terminal-SNR schedule one
+        sampler step from pure noise then returns x0 = 0, i.e. the model starts *exactly* at the mean
+        predictor's estimate and training can only add what the data supports (not an untrained UNet's noise)."""
+        out = self.model.denoiser.conv_out
+        out.weight.zero_()
+        if out.bias is not None:
+            out.bias.zero_()
+        self.ema = {k: v.detach().clone() for k, v in self.model.denoiser.state_dict().items()}
 
     @torch.no_grad()
     def _denoiser_step(self, loss, lr: float, step: int) -> None:
