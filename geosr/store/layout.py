@@ -17,7 +17,7 @@ read full resolution. Each overview level names its pixel-centre coordinates aft
 it inherits from the root, and an ``x`` of another length would not. The coordinates carry CF
 ``axis``/``standard_name`` attributes, from which rioxarray finds the spatial dimensions whatever
 their names; GDAL takes the last two dimensions. The root's ``multiscales`` attribute (zarr-conventions
-multiscales v1, composed with ``spatial:``/``proj:``) lists every level's array, shape and affine.
+multiscales v0.1, composed with ``spatial:``/``proj:``) lists every level's array, shape and affine.
 
 Chunks hold one band each: a band-selective read (e.g. two bands of ten for an index) decodes only
 those bands, GDAL's block is exactly one chunk, and each chunk's bytes do not depend on the band
