@@ -62,9 +62,9 @@ def warn_if_gdal_cannot_read(uri: str, zarr_format: int) -> None:
     if zarr_format != 3:
         return
     gdal = gdal_version()
-    here = f" (this machine's rasterio has GDAL {gdal[0]}.{gdal[1]})" if gdal else ""
+    here = f"; this machine's rasterio has GDAL {gdal[0]}.{gdal[1]}" if gdal else ""
     log.warning(
-        "%s is Zarr v3, which GDAL < %d.%d cannot read (rasterio 1.4 wheels ship GDAL 3.10)%s; xarray, rioxarray "
+        "%s is Zarr v3, which GDAL < %d.%d cannot read (rasterio 1.4 wheels ship GDAL 3.10%s); xarray, rioxarray "
         "and odc-geo read it. For GDAL/QGIS users write Zarr v2 (--zarr-format 2, output.zarr_format: 2)",
         uri, *GDAL_MIN[3], here,
     )
