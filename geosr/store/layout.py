@@ -16,7 +16,9 @@ read full resolution. Each overview level names its pixel-centre coordinates aft
 ``y_<l>``): xarray's ``open_datatree`` requires every child group's coordinates to align with the ones
 it inherits from the root, and an ``x`` of another length would not. The coordinates carry CF
 ``axis``/``standard_name`` attributes, from which rioxarray finds the spatial dimensions whatever
-their names; GDAL takes the last two dimensions. The root's ``multiscales`` attribute (zarr-conventions
+their names (on a level's variable, or ``tree[...].to_dataset(inherit=False)``: a datatree node's
+default Dataset view also carries the root's inherited ``x``/``y``, which rioxarray would pick); GDAL
+takes the last two dimensions. The root's ``multiscales`` attribute (zarr-conventions
 multiscales v0.1, composed with ``spatial:``/``proj:``) lists every level's array, shape and affine.
 
 Chunks hold one band each: a band-selective read (e.g. two bands of ten for an index) decodes only

@@ -49,7 +49,8 @@ def readers(zarr_format: int, variable: str, gdal: tuple[int, int] | None = None
                f'ZARR:"<store>":/{variable}; overviews ZARR:"<store>":/overviews/<l>/{variable}',
                f"{gdal[0]}.{gdal[1]}" if gdal else None),
         Reader("xarray", True, "zarr-python 3", "xr.open_zarr(store): full resolution; "
-               "xr.open_datatree(store, engine='zarr'): every level, overview l in group overviews/<l>"),
+               "xr.open_datatree(store, engine='zarr'): every level, overview l in group overviews/<l> "
+               "(georeference its variable, or .to_dataset(inherit=False): the inherited view adds the root's x/y)"),
         Reader("rioxarray", True, "", ".rio.crs, .rio.transform(), .rio.nodata on any level's variable"),
         Reader("odc-geo", True, "", ".odc.geobox on any level's variable"),
         Reader("multiscales convention", True, "",
