@@ -84,6 +84,8 @@ def test_s3_in_s3_out(tmp_path, s3_server, s3_bucket):
     ds = xr.open_zarr(fs.get_mapper(out.split("://", 1)[1]))
     assert np.array_equal(ds["reflectance"].values, xr.open_zarr(local)["reflectance"].values, equal_nan=True), \
         "S3 and local outputs hold the same pixels"
+    tree = xr.open_datatree(fs.get_mapper(out.split("://", 1)[1]), engine="zarr")
+    assert tree.groups == xr.open_datatree(local, engine="zarr").groups and "/overviews/1" in tree.groups
     # GDAL reads the store on S3 through /vsis3/ with the same explicit environment
     from geosr.io.storage import rasterio_env
 

@@ -47,6 +47,7 @@ def test_from_config_takes_the_output_section():
     (dict(transform=(2.5, 0.1, 500000.0, 0.0, -2.5, 5000000.0)), "north-up"),
     (dict(transform=(0.0, 0.0, 500000.0, 0.0, -2.5, 5000000.0)), "zero pixel size"),
     (dict(variable="x"), "none of"),
+    (dict(variable="y_3"), "x_<n>, y_<n>"),  # an overview level's coordinate
     (dict(variable="a/b"), "letters"),
     (dict(dtype="int8"), "uint16, float32"),
     (dict(zarr_format=4), "use 2 or 3"),

@@ -1,5 +1,6 @@
-"""``geosr info STORE``: shape, CRS, resolution, bands, chunking, overviews, completeness and provenance
-of an output store (``--json`` for machine-readable output)."""
+"""``geosr info STORE``: shape, CRS, resolution, bands, chunking, overviews, completeness, the readers
+that open it (GDAL by version, xarray, rioxarray, odc-geo) and provenance of an output store (``--json``
+for machine-readable output)."""
 
 from __future__ import annotations
 
@@ -66,6 +67,8 @@ def format_info(d: dict[str, Any]) -> str:
             f"{o['level']}: {o['shape'][0]} x {o['shape'][1]}" for o in ovr)))
     else:
         lines.append(("overviews", "none"))
+    if d.get("readers"):
+        lines.append(("readers", format_readers(d["readers"])))
     prov = d["provenance"]
     for key, label in (("input_uri", "input"), ("input_checksum", "checksum"), ("model", "model"),
                        ("model_version", "model version"), ("config_hash", "config hash"),
@@ -77,6 +80,20 @@ def format_info(d: dict[str, Any]) -> str:
         lines.append(("stac item", d["stac_item"]))
     width = max(len(k) for k, _ in lines) + 1
     return "\n".join(f"{k + ':':<{width}} {v}" for k, v in lines)
+
+
+def format_readers(readers: list[dict[str, Any]]) -> str:
+    """One line: the readers that open the store on this machine, then those that cannot and what they need."""
+    def name(r: dict[str, Any]) -> str:
+        if not r.get("version"):
+            return f"{r['name']} {r['needs']}".strip() if r["name"] == "GDAL" else r["name"]
+        if r["reads"]:
+            return f"{r['name']} {r['needs']} ({r['version']} here)"
+        return f"{r['name']} {r['version']} here (needs {r['needs']})"
+
+    yes = [name(r) for r in readers if r["reads"]]
+    no = [name(r) for r in readers if not r["reads"]]
+    return "can: " + ", ".join(yes) + (f"; cannot: {', '.join(no)}" if no else "") + " (--json for how)"
 
 
 def _num(v: float) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from dataclasses import asdict
 from typing import Any
 
 from ..errors import OutputError
@@ -13,13 +14,14 @@ from .georef import crs_code, crs_name, crs_units
 from .ledger import Ledger
 from .overviews import plan_levels
 from .provenance import ATTR, encoding_note, summary
+from .readers import readers
 from .spec import OutputSpec
 from .stac import stac_item_uri
 
 
 def describe_store(uri: str, env: StorageEnv) -> dict[str, Any]:
     """Shape, CRS, resolution, bands, dtype, chunking, overview levels, the uncertainty variable (if any),
-    completeness and provenance of the store at ``uri``. Raises :class:`OutputError` when there is no geosr store there."""
+    completeness, the readers that open it, and provenance of the store at ``uri``. Raises :class:`OutputError` when there is no geosr store there."""
     import zarr
 
     loc = StoreLocation(uri, env)
@@ -67,6 +69,7 @@ def describe_store(uri: str, env: StorageEnv) -> dict[str, Any]:
              "path": lv.array_path(spec.variable), "written": "per block" if lv.in_block else "at finalize"}
             for lv in levels[1:]
         ],
+        "readers": [asdict(r) for r in readers(spec.zarr_format, spec.variable)],
         "provenance": summary(record),
         "stac_item": stac_uri if StoreLocation(stac_uri, env).exists() else None,
     }

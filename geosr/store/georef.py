@@ -19,24 +19,26 @@ from typing import Any
 
 import numpy as np
 
+# Convention metadata objects of the published v0.1 tags of the zarr-conventions registry (the draft-era
+# refs/tags/v1 URLs were never published); readers identify a convention by its uuid.
 CONVENTION_PROJ = {
-    "schema_url": "https://raw.githubusercontent.com/zarr-conventions/geo-proj/refs/tags/v1/schema.json",
-    "spec_url": "https://github.com/zarr-conventions/geo-proj/blob/v1/README.md",
     "uuid": "f17cb550-5864-4468-aeb7-f3180cfb622f",
-    "name": "proj:",
+    "schema_url": "https://raw.githubusercontent.com/zarr-conventions/proj/refs/tags/v0.1/schema.json",
+    "spec_url": "https://github.com/zarr-conventions/proj/blob/v0.1/README.md",
+    "name": "proj",
     "description": "Coordinate reference system information for geospatial data",
 }
 CONVENTION_SPATIAL = {
-    "schema_url": "https://raw.githubusercontent.com/zarr-conventions/spatial/refs/tags/v1/schema.json",
-    "spec_url": "https://github.com/zarr-conventions/spatial/blob/v1/README.md",
     "uuid": "689b58e2-cf7b-45e0-9fff-9cfc0883d6b4",
-    "name": "spatial:",
+    "schema_url": "https://raw.githubusercontent.com/zarr-conventions/spatial/refs/tags/v0.1/schema.json",
+    "spec_url": "https://github.com/zarr-conventions/spatial/blob/v0.1/README.md",
+    "name": "spatial",
     "description": "Spatial coordinate information",
 }
 CONVENTION_MULTISCALES = {
-    "schema_url": "https://raw.githubusercontent.com/zarr-conventions/multiscales/refs/tags/v1/schema.json",
-    "spec_url": "https://github.com/zarr-conventions/multiscales/blob/v1/README.md",
     "uuid": "d35379db-88df-4056-af3a-620245f8e347",
+    "schema_url": "https://raw.githubusercontent.com/zarr-conventions/multiscales/refs/tags/v0.1/schema.json",
+    "spec_url": "https://github.com/zarr-conventions/multiscales/blob/v0.1/README.md",
     "name": "multiscales",
     "description": "Multiscale layout of zarr datasets",
 }
@@ -125,15 +127,17 @@ def coordinate_attrs(wkt: str) -> tuple[dict[str, Any], dict[str, Any]]:
     return {k: _jsonable(v) for k, v in x.items()}, {k: _jsonable(v) for k, v in y.items()}
 
 
-def geozarr_attrs(wkt: str, transform: tuple[float, ...], height: int, width: int) -> dict[str, Any]:
-    """``proj:`` and ``spatial:`` convention attributes (with their ``zarr_conventions`` entries)."""
+def geozarr_attrs(wkt: str, transform: tuple[float, ...], height: int, width: int,
+                  dims: tuple[str, str] = ("y", "x")) -> dict[str, Any]:
+    """``proj:`` and ``spatial:`` convention attributes (with their ``zarr_conventions`` entries);
+    ``dims`` names the (y, x) dimensions."""
     attrs: dict[str, Any] = {"zarr_conventions": [CONVENTION_PROJ, CONVENTION_SPATIAL]}
     code = crs_code(wkt)
     if code:
         attrs["proj:code"] = code
     attrs["proj:wkt2"] = crs_wkt2(wkt)
     attrs.update({
-        "spatial:dimensions": ["y", "x"],
+        "spatial:dimensions": list(dims),
         "spatial:transform_type": "affine",
         "spatial:transform": [float(v) for v in transform],
         "spatial:shape": [int(height), int(width)],

@@ -7,8 +7,19 @@
       <variable>_std (band, y, x) with output.uncertainty_samples: per-pixel std, level 0 only, same layout
       band (band)  x (x)  y (y)   band names; pixel centres (float64)
       spatial_ref ()              CF grid mapping: crs_wkt, spatial_ref, GeoTransform
-      overviews/<l>/              level l = 1..L, 2**l coarser, same variables with their own x/y
+      overviews/<l>/              level l = 1..L, 2**l coarser: <variable> (band, y_<l>, x_<l>), band,
+                                  x_<l>, y_<l>, spatial_ref; proj:/spatial:/geosr:level attrs
       .geosr/                     ledger (plan, block markers, completion), ignored by Zarr readers
+
+Level 0 lives in the root group, so ``ZARR:"store":/<variable>`` (GDAL) and ``xr.open_zarr(store)``
+read full resolution. Each overview level names its pixel-centre coordinates after itself (``x_<l>``,
+``y_<l>``): xarray's ``open_datatree`` requires every child group's coordinates to align with the ones
+it inherits from the root, and an ``x`` of another length would not. The coordinates carry CF
+``axis``/``standard_name`` attributes, from which rioxarray finds the spatial dimensions whatever
+their names (on a level's variable, or ``tree[...].to_dataset(inherit=False)``: a datatree node's
+default Dataset view also carries the root's inherited ``x``/``y``, which rioxarray would pick); GDAL
+takes the last two dimensions. The root's ``multiscales`` attribute (zarr-conventions
+multiscales v0.1, composed with ``spatial:``/``proj:``) lists every level's array, shape and affine.
 
 Chunks hold one band each: a band-selective read (e.g. two bands of ten for an index) decodes only
 those bands, GDAL's block is exactly one chunk, and each chunk's bytes do not depend on the band
@@ -41,6 +52,11 @@ from .spec import OutputSpec
 DIMS = ("band", "y", "x")
 
 
+def level_dims(index: int) -> tuple[str, str, str]:
+    """(band, y, x) dimension names of level ``index``: ``y``/``x`` at level 0, ``y_<l>``/``x_<l>`` below."""
+    return DIMS if index == 0 else ("band", f"y_{index}", f"x_{index}")
+
+
 def multiscales_attr(spec: OutputSpec, levels: tuple[Level, ...]) -> dict[str, Any]:
     """The ``multiscales`` convention attribute: one layout entry per level, each derived from the one
     above by a 2x average."""
@@ -48,6 +64,7 @@ def multiscales_attr(spec: OutputSpec, levels: tuple[Level, ...]) -> dict[str, A
     for lv in levels:
         entry: dict[str, Any] = {
             "asset": lv.array_path(spec.variable),
+            "spatial:dimensions": list(level_dims(lv.index)[1:]),
             "spatial:shape": [lv.shape[0], lv.shape[1]],
             "spatial:transform": [float(v) for v in lv.transform],
         }
@@ -80,7 +97,7 @@ def create_hierarchy(store: Any, spec: OutputSpec, levels: tuple[Level, ...], re
             group = root
         else:
             group = _require_path(root, lv.group)
-            attrs = geozarr_attrs(spec.crs_wkt, lv.transform, *lv.shape)
+            attrs = geozarr_attrs(spec.crs_wkt, lv.transform, *lv.shape, dims=level_dims(lv.index)[1:])
             attrs["geosr:level"] = {"index": lv.index, "factor": lv.factor,
                                     "derived_from": levels[lv.index - 1].array_path(spec.variable)}
             group.update_attributes(attrs)
@@ -118,7 +135,8 @@ def _create_level(group: Any, spec: OutputSpec, lv: Level) -> None:
     # coordinates
     xs, ys = pixel_centres(lv.transform, h, w)
     xattrs, yattrs = coordinate_attrs(spec.crs_wkt)
-    for name, values, attrs in (("x", xs, xattrs), ("y", ys, yattrs)):
+    _, ydim, xdim = level_dims(lv.index)
+    for name, values, attrs in ((xdim, xs, xattrs), (ydim, ys, yattrs)):
         arr = group.create_array(name, shape=values.shape, dtype="float64", chunks=values.shape,
                                  compressors=coord_comp, **none_fill,
                                  attributes=_with_dims(spec, attrs, (name,)), **_dims(spec, (name,)))
@@ -149,8 +167,9 @@ def _create_data_array(group: Any, spec: OutputSpec, lv: Level, name: str, attrs
     georeferencing every reader needs (CF grid mapping, GDAL ``_CRS``, GeoZarr ``proj:``/``spatial:``)."""
     h, w = lv.shape
     fmt = spec.zarr_format
+    dims = level_dims(lv.index)
     attrs = dict(attrs)
-    attrs.update(geozarr_attrs(spec.crs_wkt, lv.transform, h, w))
+    attrs.update(geozarr_attrs(spec.crs_wkt, lv.transform, h, w, dims=dims[1:]))
     attrs.update(grid_mapping=GRID_MAPPING, coordinates=GRID_MAPPING, _CRS=gdal_crs_attr(spec.crs_wkt))
     comp = compressors(spec.compressor, spec.level, fmt, np.dtype(spec.dtype).itemsize)
     chunks = (1, *lv.chunk)
@@ -159,4 +178,4 @@ def _create_data_array(group: Any, spec: OutputSpec, lv: Level, name: str, attrs
         warnings.simplefilter("ignore", category=UserWarning)  # NaN fill value notes in zarr-python
         group.create_array(name, shape=(spec.bands, h, w), dtype=spec.dtype, chunks=chunks, shards=shards,
                            compressors=comp, fill_value=nodata(spec.dtype),
-                           attributes=_with_dims(spec, attrs, DIMS), **_dims(spec, DIMS))
+                           attributes=_with_dims(spec, attrs, dims), **_dims(spec, dims))

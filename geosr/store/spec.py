@@ -23,8 +23,10 @@ if TYPE_CHECKING:
 DTYPES = ("uint16", "float32")
 COMPRESSORS = ("zstd", "blosc", "none")
 ZARR_FORMATS = (2, 3)
-# names the store uses next to the data variable (coordinates, CRS, overview group)
+# names the store uses next to the data variable (coordinates, CRS, overview group); overview levels
+# also use x_<l>/y_<l> (_LEVEL_COORD)
 RESERVED_NAMES = ("band", "x", "y", "spatial_ref", "overviews")
+_LEVEL_COORD = re.compile(r"^[xy]_[0-9]+$")
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
 
 
@@ -96,10 +98,11 @@ class OutputSpec:
         if a == 0.0 or e == 0.0:
             raise ConfigError(f"transform {transform} has a zero pixel size")
         _set("transform", transform)
-        if not isinstance(self.variable, str) or not _NAME.match(self.variable) or self.variable in RESERVED_NAMES:
+        if (not isinstance(self.variable, str) or not _NAME.match(self.variable) or self.variable in RESERVED_NAMES
+                or _LEVEL_COORD.match(self.variable)):
             raise ConfigError(
                 f"variable {self.variable!r}: use a name of letters, digits, '_', '-' or '.', starting with a "
-                f"letter, and none of {', '.join(RESERVED_NAMES)}"
+                f"letter, and none of {', '.join(RESERVED_NAMES)}, x_<n>, y_<n>"
             )
         if self.dtype not in DTYPES:
             raise ConfigError(f"dtype {self.dtype!r}: use one of {', '.join(DTYPES)}")

@@ -3,8 +3,10 @@
 The Item carries the projection extension (``proj:code``, ``proj:wkt2``, ``proj:shape``,
 ``proj:transform``, ``proj:bbox``, ``proj:centroid``), a bbox and footprint in EPSG:4326 (edges
 densified, so a projected rectangle's curved outline is followed), and one ``data`` asset pointing at
-the store with media type ``application/vnd+zarr``. A store with an uncertainty variable says so in
-``geosr:uncertainty`` (variable name, samples per tile).
+the store with media type ``application/vnd+zarr`` (``pystac.MediaType.ZARR``), role ``data``, STAC 1.1
+``bands`` (name, data type, nodata) and the raster extension's ``raster:bands`` (data type, nodata,
+scale/offset from stored values to reflectance, spatial resolution). A store with an uncertainty
+variable says so in ``geosr:uncertainty`` (variable name, samples per tile).
 """
 
 from __future__ import annotations
@@ -15,15 +17,16 @@ from typing import Any
 
 import pystac
 from pystac.extensions.projection import ProjectionExtension
+from pystac.extensions.raster import RasterBand, RasterExtension
 
 from ..io.storage import StorageEnv
 from .backend import StoreLocation, storage_errors
-from .encode import nodata
+from .encode import SCALE, nodata
 from .georef import bbox as native_bbox
 from .georef import crs_code, crs_wkt2
 from .spec import OutputSpec
 
-ZARR_MEDIA_TYPE = "application/vnd+zarr"
+ZARR_MEDIA_TYPE = pystac.MediaType.ZARR  # "application/vnd+zarr"
 _DENSIFY = 21  # points per footprint edge
 
 
@@ -88,14 +91,21 @@ def build_stac_item(uri: str, spec: OutputSpec, provenance: dict[str, Any] | Non
         centroid=_centroid(spec, cx, cy),
     )
     nd = nodata(spec.dtype)
-    item.add_asset("data", pystac.Asset(
+    nd_json = nd if nd == nd else "nan"  # JSON has no NaN; STAC spells it "nan"
+    asset = pystac.Asset(
         href=str(uri).rstrip("/"),
         media_type=ZARR_MEDIA_TYPE,
         roles=["data"],
         title=f"super-resolved {spec.variable} (Zarr v{spec.zarr_format})",
-        extra_fields={"bands": [{"name": n, "data_type": spec.dtype, "nodata": nd if nd == nd else "nan"}
-                                for n in spec.band_names]},
-    ))
+        extra_fields={"bands": [{"name": n, "data_type": spec.dtype, "nodata": nd_json} for n in spec.band_names]},
+    )
+    item.add_asset("data", asset)
+    scale = 1.0 / SCALE if spec.dtype == "uint16" else 1.0
+    res = float(min(abs(spec.transform[0]), abs(spec.transform[4])))
+    RasterExtension.ext(asset, add_if_missing=True).apply(bands=[
+        RasterBand.create(nodata=nd_json, data_type=spec.dtype, scale=scale, offset=0.0, spatial_resolution=res)
+        for _ in spec.band_names
+    ])
     return item
 
 

@@ -32,6 +32,7 @@ from .ledger import Ledger
 from .layout import create_hierarchy
 from .overviews import Level, block_pyramid, build_tail, plan_levels
 from .provenance import ATTR, finalized_record, jsonable, store_record, utcnow
+from .readers import warn_if_gdal_cannot_read
 from .spec import OutputSpec
 from .stac import build_stac_item, stac_item_uri, write_stac_item
 
@@ -101,6 +102,7 @@ class ZarrOutput:
             })
             ledger.end_create()
         log.info("created %s (%d blocks, %d overview levels)", loc.uri, spec.n_blocks, len(levels) - 1)
+        warn_if_gdal_cannot_read(loc.uri, spec.zarr_format)
         return cls(loc, spec, plan_hash, created)
 
     @classmethod
