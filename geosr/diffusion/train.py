@@ -203,6 +203,8 @@ class Trainer:
         d = self.cfg.data
         trained = {
             "files": [Path(f).name for f in d.files], "bands": list(d.bands) if d.bands else None,
+            "manifest": Path(d.manifest).name if d.manifest else None,
+            "train_scenes": list(self.train_data.names), "heldout_scenes": list(self.val_data.names),
             "dn_scale": d.dn_scale, "holdout_east_fraction": d.holdout, "train_pixels_hr": self.train_data.pixels,
             "heldout_pixels_hr": self.val_data.pixels, "patch": d.patch, "batch": self.cfg.batch,
             "degradation": asdict(d.degradation), "mean_steps": self.state.get("mean_step", 0),
