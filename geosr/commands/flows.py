@@ -99,7 +99,7 @@ def import_flows(module: str) -> Any:
 
 def ensure_limit(settings: Any, slots: int) -> None:
     if settings.gpu_limit:
-        from ..orchestration.prefect_io import ensure_gpu_limit
+        from ..orchestration.gpu_limit import ensure_gpu_limit
 
         n = ensure_gpu_limit(settings.gpu_limit, slots)
         print(f"GPU concurrency limit {settings.gpu_limit}: {n} slot(s)", file=sys.stderr)
@@ -229,13 +229,13 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _is_stac(source: str, kind: str) -> bool:
-    from ..orchestration.discovery import SceneQuery
+    from ..orchestration.query import SceneQuery
 
     return SceneQuery(source, kind).resolved_kind() != "prefix"  # type: ignore[arg-type]
 
 
 def _gpu_limit(args: argparse.Namespace) -> int:
-    from ..orchestration.prefect_io import ensure_gpu_limit
+    from ..orchestration.gpu_limit import ensure_gpu_limit
 
     n = ensure_gpu_limit(args.name, args.slots, update=True)
     print(f"GPU concurrency limit {args.name}: {n} slot(s)")
