@@ -32,7 +32,7 @@ from typing import Iterator
 from ..io.storage import StorageEnv
 from .conditional import conditional_object
 from .errors import LeaseLostError, SceneLockedError
-from .retry import is_transient
+from .retry import RetryPolicy, call_with_retry, is_transient
 
 log = logging.getLogger(__name__)
 
@@ -82,13 +82,14 @@ class SceneLease:
     """The lease of one output store. Use :meth:`hold` (a context manager) rather than the pieces."""
 
     def __init__(self, output_uri: str, env: StorageEnv, *, ttl: float = 120.0, label: str = "",
-                 poll: float = 2.0) -> None:
+                 poll: float = 2.0, retry: RetryPolicy = RetryPolicy()) -> None:
         if ttl <= 0:
             raise ValueError(f"lease ttl={ttl}: must be positive")
         self.output_uri = output_uri
         self.uri = lease_uri(output_uri)
         self.ttl = float(ttl)
         self.poll = poll
+        self.retry = retry
         self.label = label
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
         self._backend = conditional_object(self.uri, env)
@@ -149,17 +150,13 @@ class SceneLease:
     def acquire(self, wait: float = 0.0) -> None:
         """Take the lease, waiting up to ``wait`` seconds while another live run holds it
         (:class:`SceneLockedError` after that)."""
+        from ..store.backend import storage_errors
+
         deadline = time.monotonic() + max(0.0, wait)
         announced = False
         while True:
-            try:
-                holder = self.try_acquire()
-            except Exception as e:
-                if not is_transient(e) or time.monotonic() >= deadline:
-                    raise
-                log.warning("taking the lease of %s failed (%s); retrying", self.output_uri, e)
-                time.sleep(self.poll)
-                continue
+            with storage_errors(self.uri, "take the lease"):  # typed, one-line errors (missing bucket, ...)
+                holder = call_with_retry(self.try_acquire, self.retry, f"taking the lease of {self.output_uri}")
             if holder is None:
                 log.info("holding the lease of %s (%s)", self.output_uri, self.owner)
                 return

@@ -1,0 +1,232 @@
+"""Helpers of the fault tests (no tests here): run the real CLI in a subprocess, kill it at an exact point,
+compare a store with a clean run file by file, look for leftovers, start a private SeaweedFS.
+
+Killing at an exact point: ``python -m tests.test_faults_support --kill-at POINT [--after N] -- ARGS`` runs
+``geosr ARGS`` (the real CLI, in this process) and sends itself SIGKILL when the run reaches POINT. The
+hook lives here, in the tests, by wrapping a store method: production code has no test hook.
+
+* ``blocks``: right after the N-th block marker is written (other worker threads are mid-block);
+* ``stac``: inside ``finalize``, right after the STAC item was written (the overview tail is computed,
+  the attributes and the consolidated metadata are not updated yet);
+* ``complete``: inside ``finalize``, just before the completion marker is written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+PYTHON = sys.executable
+
+# attributes that record when and how fast (not what) a run wrote: the only bytes allowed to differ between runs
+TIME_KEYS = {"start_time", "end_time", "created", "finalized", "started", "time", "seconds", "model_seconds",
+             "block_seconds"}
+LEFTOVER_MARKERS = (".lease.json", ".guard", ".tmp-", ".lock")
+
+
+# -- running the CLI -------------------------------------------------------------------------------------
+def cli(*args: str, env: dict[str, str] | None = None, kill_at: str | None = None, after: int = 1,
+        timeout: float = 120) -> subprocess.CompletedProcess:
+    """Run ``geosr ARGS`` to the end (or to its SIGKILL at ``kill_at``); stdout and stderr captured."""
+    cmd = [PYTHON, "-m", "tests.test_faults_support"]
+    if kill_at:
+        cmd += ["--kill-at", kill_at, "--after", str(after)]
+    cmd += ["--", *args]
+    return subprocess.run(cmd, cwd=REPO, env={**os.environ, **(env or {})}, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def start_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+    return subprocess.Popen([PYTHON, "-m", "tests.test_faults_support", "--", *args], cwd=REPO,
+                            env={**os.environ, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+
+
+def wait_for(cond, what: str, timeout: float = 90.0, proc: subprocess.Popen | None = None, poll: float = 0.02) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if proc is not None and proc.poll() is not None:
+            out, err = proc.communicate()
+            raise AssertionError(f"the process ended (rc {proc.returncode}) before {what}:\n{out[-2000:]}\n{err[-3000:]}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(poll)
+
+
+def markers(store: Path) -> int:
+    d = store / ".geosr" / "blocks"
+    return len([p for p in d.iterdir() if p.suffix == ".json"]) if d.is_dir() else 0
+
+
+def one_line_error(stderr: str) -> str:
+    """The CLI's error: exactly one ``geosr: error:`` line, and no traceback."""
+    lines = [ln for ln in stderr.splitlines() if ln.startswith("geosr: error:")]
+    assert len(lines) == 1 and "Traceback" not in stderr, f"expected one error line, got:\n{stderr[-3000:]}"
+    return lines[0]
+
+
+# -- comparing outputs -----------------------------------------------------------------------------------
+def _strip_times(doc: Any) -> Any:
+    if isinstance(doc, dict):
+        return {k: _strip_times(v) for k, v in doc.items() if k not in TIME_KEYS}
+    if isinstance(doc, list):
+        return [_strip_times(v) for v in doc]
+    return doc
+
+
+def _normalised(path: Path, data: bytes) -> bytes:
+    """JSON files (Zarr metadata, ledger, STAC) without their run times; every other file as it is."""
+    if path.suffix == ".json" or path.name in (".zattrs", ".zarray", ".zgroup", ".zmetadata"):
+        return json.dumps(_strip_times(json.loads(data)), sort_keys=True).encode()
+    return data
+
+
+def output_files(store: Path) -> dict[str, bytes]:
+    """Every file of a local store, plus its STAC item, by relative path (run times removed from JSON)."""
+    out = {str(p.relative_to(store)): _normalised(p, p.read_bytes()) for p in sorted(store.rglob("*")) if p.is_file()}
+    stac = store.with_name(store.name[: -len(".zarr")] + ".stac-item.json")
+    if stac.exists():
+        item = json.loads(stac.read_bytes())
+        item.get("properties", {}).pop("datetime", None)  # the run's time when the input has no acquisition time
+        for a in item.get("assets", {}).values():
+            a.pop("href", None)  # where the store is
+        out["<stac>"] = json.dumps(_strip_times(item), sort_keys=True).encode()
+    return out
+
+
+def assert_identical(store: Path, clean: dict[str, bytes]) -> None:
+    got = output_files(store)
+    assert sorted(got) == sorted(clean), f"different files: {sorted(set(got) ^ set(clean))[:10]}"
+    differ = [k for k in got if got[k] != clean[k]]
+    assert not differ, f"{len(differ)} file(s) differ from the clean run, e.g. {differ[:5]}"
+
+
+def leftovers(directory: Path) -> list[str]:
+    """Lock, lease, guard or temporary files in or beside the outputs under ``directory``."""
+    return sorted(str(p.relative_to(directory)) for p in directory.rglob("*")
+                  if any(m in p.name for m in LEFTOVER_MARKERS))
+
+
+# -- a private SeaweedFS -----------------------------------------------------------------------------------
+class PrivateS3:
+    """A SeaweedFS of one test (the session's is never disturbed); ``stop`` / ``start`` keep its data."""
+
+    def __init__(self) -> None:
+        from tests.conftest import _start_weed, _wait_ready, find_weed_binary
+
+        self.root = Path(tempfile.mkdtemp(prefix="weedf-"))
+        self.server = _start_weed(find_weed_binary(), self.root)
+        _wait_ready(self.server, timeout=90)
+
+    @property
+    def endpoint_url(self) -> str:
+        return self.server.endpoint_url
+
+    def stop(self) -> None:
+        p = self.server.process
+        p.send_signal(signal.SIGTERM)
+        try:
+            p.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait(timeout=10)
+
+    def start(self, timeout: float = 60) -> None:
+        old = self.server.process
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+        env["TMPDIR"] = str(self.root)
+        log = open(self.server.log_path, "ab")
+        self.server.process = subprocess.Popen(old.args, stdout=log, stderr=subprocess.STDOUT, cwd=self.root, env=env,
+                                               start_new_session=True)
+        client = self.server.client()
+        wait_for(lambda: _answers(client), "SeaweedFS to come back", timeout)
+
+    def close(self) -> None:
+        self.stop()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _answers(client: Any) -> bool:
+    try:
+        client.list_buckets()
+        return True
+    except Exception:  # noqa: BLE001 - not up yet
+        return False
+
+
+def in_thread(fn, *args: Any) -> tuple[threading.Thread, list[BaseException]]:
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            fn(*args)
+        except BaseException as e:  # noqa: BLE001 - reported by the caller
+            errors.append(e)
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t, errors
+
+
+# -- the kill-at wrapper -----------------------------------------------------------------------------------
+def _die() -> None:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _install_kill(point: str, after: int) -> None:
+    from geosr.store import ledger, stac, zarr_output
+
+    if point == "blocks":
+        orig = ledger.Ledger.mark_done
+        count = [0]
+        lock = threading.Lock()
+
+        def mark_done(self, key, doc):
+            orig(self, key, doc)
+            with lock:
+                count[0] += 1
+                if count[0] >= after:
+                    _die()
+
+        ledger.Ledger.mark_done = mark_done
+    elif point == "stac":
+        orig_stac = stac.write_stac_item
+
+        def write_stac_item(*a, **kw):
+            orig_stac(*a, **kw)
+            _die()
+
+        zarr_output.write_stac_item = write_stac_item
+    elif point == "complete":
+        ledger.Ledger.write_complete = lambda self, doc: _die()
+    else:
+        raise SystemExit(f"unknown kill point {point!r}")
+
+
+if __name__ == "__main__":
+    import argparse
+
+    import tests.test_orchestration_support  # noqa: F401 - registers the test upsamplers
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--kill-at")
+    ap.add_argument("--after", type=int, default=1)
+    ap.add_argument("rest", nargs=argparse.REMAINDER)
+    a = ap.parse_args()
+    if a.kill_at:
+        _install_kill(a.kill_at, a.after)
+    from geosr.cli import main
+
+    sys.exit(main(a.rest[1:] if a.rest[:1] == ["--"] else a.rest))
