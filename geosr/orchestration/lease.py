@@ -90,6 +90,7 @@ class SceneLease:
         self.ttl = float(ttl)
         self.poll = poll
         self.retry = retry
+        self.env = env
         self.label = label
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
         self._backend = conditional_object(self.uri, env)
@@ -150,8 +151,9 @@ class SceneLease:
     def acquire(self, wait: float = 0.0) -> None:
         """Take the lease, waiting up to ``wait`` seconds while another live run holds it
         (:class:`SceneLockedError` after that)."""
-        from ..store.backend import storage_errors
+        from ..store.backend import StoreLocation, storage_errors
 
+        StoreLocation(self.output_uri, self.env).check_bucket()  # some S3 servers create a missing bucket on PUT
         deadline = time.monotonic() + max(0.0, wait)
         announced = False
         while True:
