@@ -30,6 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    if not args.verbose:  # coroutines abandoned by a failed storage call are noise after the one-line error
+        sys.unraisablehook = _debug_unraisable
     from .runtime import limit_malloc_arenas
 
     limit_malloc_arenas()  # flat memory over long runs (see geosr/runtime.py)
@@ -42,6 +44,10 @@ def main(argv: list[str] | None = None) -> int:
         print("geosr: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
     return int(rc or 0)
+
+
+def _debug_unraisable(u: "sys.UnraisableHookArgs") -> None:
+    logging.getLogger("geosr").debug("ignored in %r: %s: %s", u.object, type(u.exc_value).__name__, u.exc_value)
 
 
 if __name__ == "__main__":

@@ -93,10 +93,30 @@ def _normalised(path: Path, data: bytes) -> bytes:
 
 def output_files(store: Path) -> dict[str, bytes]:
     """Every file of a local store, plus its STAC item, by relative path (run times removed from JSON)."""
-    out = {str(p.relative_to(store)): _normalised(p, p.read_bytes()) for p in sorted(store.rglob("*")) if p.is_file()}
     stac = store.with_name(store.name[: -len(".zarr")] + ".stac-item.json")
-    if stac.exists():
-        item = json.loads(stac.read_bytes())
+    files = {str(p.relative_to(store)): p.read_bytes() for p in sorted(store.rglob("*")) if p.is_file()}
+    return normalised_files(files, stac.read_bytes() if stac.exists() else None)
+
+
+def s3_output_files(client: Any, bucket: str, store_key: str) -> dict[str, bytes]:
+    """:func:`output_files` of a store on S3 (``store_key``: its key, e.g. ``out/scene.zarr``)."""
+    def get(key: str) -> bytes:
+        return client.get_object(Bucket=bucket, Key=key)["Body"].read()
+
+    pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=store_key + "/")
+    files = {o["Key"][len(store_key) + 1:]: get(o["Key"]) for page in pages for o in page.get("Contents", [])}
+    stac_key = store_key[: -len(".zarr")] + ".stac-item.json"
+    try:
+        stac = get(stac_key)
+    except client.exceptions.NoSuchKey:
+        stac = None
+    return normalised_files(files, stac)
+
+
+def normalised_files(files: dict[str, bytes], stac: bytes | None) -> dict[str, bytes]:
+    out = {k: _normalised(Path(k), v) for k, v in files.items()}
+    if stac is not None:
+        item = json.loads(stac)
         item.get("properties", {}).pop("datetime", None)  # the run's time when the input has no acquisition time
         for a in item.get("assets", {}).values():
             a.pop("href", None)  # where the store is
@@ -104,8 +124,8 @@ def output_files(store: Path) -> dict[str, bytes]:
     return out
 
 
-def assert_identical(store: Path, clean: dict[str, bytes]) -> None:
-    got = output_files(store)
+def assert_identical(store: Path | dict[str, bytes], clean: dict[str, bytes]) -> None:
+    got = store if isinstance(store, dict) else output_files(store)
     assert sorted(got) == sorted(clean), f"different files: {sorted(set(got) ^ set(clean))[:10]}"
     differ = [k for k in got if got[k] != clean[k]]
     assert not differ, f"{len(differ)} file(s) differ from the clean run, e.g. {differ[:5]}"
