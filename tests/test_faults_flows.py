@@ -1,0 +1,164 @@
+"""Faults of the Prefect flows, against a real Prefect server (prefect_test_harness), real Dask clusters
+on loopback and the SeaweedFS S3 server:
+
+* two ``geosr flows run-scene`` processes triggered at once for one scene on S3: one computes it, the
+  other waits on the scene lease and skips; one output, the clean bytes, no lease left; and the secret
+  key is in no flow-run parameter, log line or artifact of either run;
+* the flow CLI killed (SIGKILL) mid-blocks, then rerun: the dead run's lease is taken over at once, the
+  rerun redoes only the missing blocks, and no lease or guard file is left beside the store;
+* a Dask worker SIGKILLed mid-scene (the GPU-tagged one, then a reading one): the flow run completes with
+  the clean bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+
+import pytest
+
+from geosr.io.storage import StorageEnv
+from geosr.orchestration.cluster import worker_roles
+from geosr.orchestration.gpu_limit import ensure_gpu_limit
+from geosr.orchestration.settings import RunSettings
+from geosr.store import store_status
+from tests.conftest import TEST_SECRET_KEY
+from tests.test_faults_support import (
+    cli,
+    leftovers,
+    markers,
+    output_files,
+    s3_output_files,
+    start_cli,
+    wait_for,
+)
+from tests.test_orchestration_support import SMALL, make_scene
+
+RUN = {**SMALL, "model.name": "test-slow-bicubic", "model.params": {"delay": 0.05}}
+SET = [a for k, v in RUN.items() for a in ("--set", f"{k}={json.dumps(v)}")]
+FLOW = ["--dask-threads", "--gpu-limit", "geosr-gpu-faults", "--gpu-slots", "2", "--no-quicklook", "--lease-ttl", "30"]
+METADATA = (".zattrs", ".zarray", ".zgroup", ".zmetadata", ".json", "<stac>")
+
+
+def chunks(files: dict[str, bytes]) -> dict[str, bytes]:
+    """The chunk objects of a store (its pixels); a flow's metadata also records its scene id and flow run."""
+    return {k: v for k, v in files.items() if not k.endswith(METADATA)}
+
+
+@pytest.fixture(scope="module")
+def prefect_api():
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        ensure_gpu_limit("geosr-gpu-faults", 2)
+        yield PREFECT_API_URL.value()
+
+
+@pytest.fixture(scope="module")
+def scene(tmp_path_factory):
+    return str(make_scene(tmp_path_factory.mktemp("in") / "S2_T33_20240105.tif"))
+
+
+@pytest.fixture(scope="module")
+def clean(scene, tmp_path_factory):
+    out = tmp_path_factory.mktemp("clean") / "S2_T33_20240105.zarr"
+    r = cli("run", scene, str(out), *SET, "--no-progress")
+    assert r.returncode == 0, r.stderr
+    return chunks(output_files(out))
+
+
+def _result(stdout: str) -> dict:
+    return json.loads(stdout[stdout.index("\n{") + 1 if not stdout.startswith("{") else 0:])
+
+
+def _secret_free(api: str, flow_run_ids: list[str]) -> None:
+    from uuid import UUID
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    with get_client(sync_client=True) as client:
+        for fid in flow_run_ids:
+            fr = client.read_flow_run(UUID(fid))
+            assert TEST_SECRET_KEY not in json.dumps(fr.parameters, default=str)
+            logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[UUID(fid)])))
+            assert logs and not [lg.message for lg in logs if TEST_SECRET_KEY in lg.message]
+        arts = client.read_artifacts()
+        assert not [a.key for a in arts if TEST_SECRET_KEY in json.dumps(a.data, default=str)]
+
+
+def test_two_flow_processes_triggered_at_once_for_one_scene(prefect_api, scene, clean, s3_bucket):
+    src = s3_bucket.upload(scene, "in/S2_T33_20240105.tif")
+    key = "out/S2_T33_20240105.zarr"
+    ep = ["--endpoint-url", s3_bucket.server.endpoint_url, "--set", 'storage.region="us-east-1"']
+    env = {"PREFECT_API_URL": prefect_api}
+    procs = [start_cli("flows", "run-scene", src, s3_bucket.uri(key), *SET, *ep, *FLOW, env=env) for _ in range(2)]
+    outs = [p.communicate(timeout=240) for p in procs]
+    for p, (so, se) in zip(procs, outs):
+        assert p.returncode == 0, se[-3000:]
+    results = [_result(so) for so, _ in outs]
+    assert sorted(r["state"] for r in results) == ["skipped", "written"], "the second waited on the lease, then skipped"
+    assert sum(r["blocks_run"] for r in results) == 16, "no block was computed twice"
+    assert chunks(s3_output_files(s3_bucket.client, s3_bucket.name, key)) == clean
+    assert not [k for k in s3_bucket.keys() if "lease" in k], "the lease is released"
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        runs = [str(fr.id) for fr in client.read_flow_runs()]
+    for _, se in outs:
+        assert TEST_SECRET_KEY not in se
+    _secret_free(prefect_api, runs)
+
+
+def test_flow_cli_killed_then_rerun_leaves_no_lease(prefect_api, scene, clean, tmp_path):
+    out = tmp_path / "S2_T33_20240105.zarr"
+    env = {"PREFECT_API_URL": prefect_api}
+    r = cli("flows", "run-scene", scene, str(out), *SET, *FLOW, env=env, kill_at="blocks", after=5, timeout=180)
+    assert r.returncode == -signal.SIGKILL, r.stderr[-3000:]
+    assert (tmp_path / "S2_T33_20240105.lease.json").exists(), "the killed run held the lease"
+    done = store_status(str(out), StorageEnv()).done
+    again = cli("flows", "run-scene", scene, str(out), *SET, *FLOW, env=env, timeout=180)
+    assert again.returncode == 0, again.stderr[-3000:]
+    res = _result(again.stdout)
+    assert res["state"] == "resumed" and res["blocks_run"] == 16 - done
+    assert chunks(output_files(out)) == clean
+    assert leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("role", ["gpu", "cpu"])
+def test_dask_worker_killed_mid_scene_the_flow_completes(role, prefect_api, scene, clean, tmp_path):
+    from distributed import Client, Nanny, Scheduler, SpecCluster
+
+    from flows.scene import super_resolve_scene
+
+    preload = ["tests.test_orchestration_support"]
+    opts = {"nthreads": 1, "host": "127.0.0.1", "preload": preload}
+    workers = {"cpu-0": {"cls": Nanny, "options": opts},
+               "gpu-0": {"cls": Nanny, "options": {**opts, "resources": {"GPU": 1}}}}
+    scheduler = {"cls": Scheduler, "options": {"host": "127.0.0.1", "dashboard_address": ":0"}}
+    out = tmp_path / "S2_T33_20240105.zarr"
+    with SpecCluster(workers=workers, scheduler=scheduler, silence_logs=40) as cluster, Client(cluster) as c:
+        c.wait_for_workers(2, timeout=120)
+        killed: list[str] = []
+
+        def kill() -> None:
+            wait_for(lambda: markers(out) >= 3, "3 block markers")
+            roles = worker_roles(c)
+            victim = (roles.gpu if role == "gpu" else roles.cpu)[0]
+            os.kill(c.run(os.getpid, workers=[victim])[victim], signal.SIGKILL)
+            killed.append(victim)
+
+        t = threading.Thread(target=kill, daemon=True)
+        t.start()
+        res = super_resolve_scene(input_uri=scene, output_uri=str(out), config=RUN,
+                                  settings=RunSettings(dask_address=cluster.scheduler_address, quicklook=False,
+                                                       gpu_limit="geosr-gpu-faults", gpu_wait_s=120))
+        t.join(60)
+    assert killed, "a worker was killed mid-scene"
+    assert res["state"] == "written" and res["blocks_total"] == 16
+    assert store_status(str(out), StorageEnv()).state == "complete"
+    assert chunks(output_files(out)) == clean
+    assert leftovers(tmp_path) == []
