@@ -5,27 +5,26 @@ with nothing left beside it. Mounting needs root: without it these tests are ski
 
 from __future__ import annotations
 
-import json
 import subprocess
 
 import pytest
 
 from geosr.io.storage import StorageEnv
 from geosr.store import store_status
-from tests.test_faults_support import (
+from tests.test_faults_support import (  # noqa: F401 - scene and clean_store are fixtures
     assert_identical,
+    clean_store,
     cli,
     leftovers,
     markers,
     one_line_error,
     output_files,
+    rerun_finishes,
+    scene,
+    SET,
     start_cli,
     wait_for,
 )
-from tests.test_orchestration_support import SMALL, make_scene
-
-RUN = {**SMALL, "workers": 2, "model.name": "test-slow-bicubic", "model.params": {"delay": 0.05}}
-SET = [a for k, v in RUN.items() for a in ("--set", f"{k}={json.dumps(v)}")]
 
 
 def _mount(*args: str) -> None:
@@ -45,31 +44,8 @@ def tmpfs(tmp_path):
     subprocess.run(["umount", "-l", str(mnt)], capture_output=True, timeout=30)
 
 
-@pytest.fixture(scope="module")
-def scene(tmp_path_factory):
-    return str(make_scene(tmp_path_factory.mktemp("in") / "S2_T33_20240105.tif"))
-
-
-@pytest.fixture(scope="module")
-def clean(scene, tmp_path_factory):
-    out = tmp_path_factory.mktemp("clean") / "S2_T33_20240105.zarr"
-    r = cli("run", scene, str(out), *SET, "--no-progress")
-    assert r.returncode == 0, r.stderr
-    size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
-    return output_files(out), size
-
-
-def _resume(scene: str, out, clean_files, mnt) -> None:
-    r = cli("run", scene, str(out), *SET, "--no-progress")
-    assert r.returncode == 0, r.stderr
-    assert r.stdout.startswith(("resumed:", "written:")), r.stdout
-    assert store_status(str(out), StorageEnv()).state == "complete"
-    assert_identical(out, clean_files)
-    assert leftovers(mnt) == []
-
-
-def test_disk_full_mid_run_is_one_error_line_then_the_rerun_resumes(scene, clean, tmpfs):
-    files, size = clean
+def test_disk_full_mid_run_is_one_error_line_then_the_rerun_resumes(scene, clean_store, tmpfs):
+    size = sum(p.stat().st_size for p in clean_store.rglob("*") if p.is_file())
     # room for the metadata and some of the blocks (tmpfs counts whole 4 KiB pages per file)
     _mount("-o", f"remount,size={max(64, size // 2 // 1024)}k", str(tmpfs))
     out = tmpfs / "S2_T33_20240105.zarr"
@@ -80,11 +56,10 @@ def test_disk_full_mid_run_is_one_error_line_then_the_rerun_resumes(scene, clean
     st = store_status(str(out), StorageEnv())
     assert st.state == "incomplete" and st.done < 16, st
     _mount("-o", "remount,size=64m", str(tmpfs))
-    _resume(scene, out, files, tmpfs)
+    rerun_finishes(scene, out, clean_store)
 
 
-def test_output_turning_read_only_mid_run_is_one_error_line_then_the_rerun_resumes(scene, clean, tmpfs):
-    files, _ = clean
+def test_output_turning_read_only_mid_run_is_one_error_line_then_the_rerun_resumes(scene, clean_store, tmpfs):
     out = tmpfs / "S2_T33_20240105.zarr"
     proc = start_cli("run", scene, str(out), *SET, "--no-progress")
     wait_for(lambda: markers(out) >= 3, "3 block markers", proc=proc)
@@ -101,4 +76,4 @@ def test_output_turning_read_only_mid_run_is_one_error_line_then_the_rerun_resum
     st = store_status(str(out), StorageEnv())
     assert st.state == "incomplete" and 3 <= st.done < 16, st
     _mount("-o", "remount,rw", str(tmpfs))
-    _resume(scene, out, files, tmpfs)
+    rerun_finishes(scene, out, clean_store)

@@ -25,19 +25,20 @@ from geosr.orchestration.gpu_limit import ensure_gpu_limit
 from geosr.orchestration.settings import RunSettings
 from geosr.store import store_status
 from tests.conftest import TEST_SECRET_KEY
-from tests.test_faults_support import (
+from tests.test_faults_support import (  # noqa: F401 - scene and clean_store are fixtures
+    clean_store,
     cli,
     leftovers,
     markers,
     output_files,
+    RUN,
     s3_output_files,
+    scene,
+    SET,
     start_cli,
     wait_for,
 )
-from tests.test_orchestration_support import SMALL, make_scene
 
-RUN = {**SMALL, "model.name": "test-slow-bicubic", "model.params": {"delay": 0.05}}
-SET = [a for k, v in RUN.items() for a in ("--set", f"{k}={json.dumps(v)}")]
 FLOW = ["--dask-threads", "--gpu-limit", "geosr-gpu-faults", "--gpu-slots", "2", "--no-quicklook", "--lease-ttl", "30"]
 METADATA = (".zattrs", ".zarray", ".zgroup", ".zmetadata", ".json", "<stac>")
 
@@ -55,19 +56,6 @@ def prefect_api():
     with prefect_test_harness(server_startup_timeout=120):
         ensure_gpu_limit("geosr-gpu-faults", 2)
         yield PREFECT_API_URL.value()
-
-
-@pytest.fixture(scope="module")
-def scene(tmp_path_factory):
-    return str(make_scene(tmp_path_factory.mktemp("in") / "S2_T33_20240105.tif"))
-
-
-@pytest.fixture(scope="module")
-def clean(scene, tmp_path_factory):
-    out = tmp_path_factory.mktemp("clean") / "S2_T33_20240105.zarr"
-    r = cli("run", scene, str(out), *SET, "--no-progress")
-    assert r.returncode == 0, r.stderr
-    return chunks(output_files(out))
 
 
 def _result(stdout: str) -> dict:
@@ -90,7 +78,7 @@ def _secret_free(api: str, flow_run_ids: list[str]) -> None:
         assert not [a.key for a in arts if TEST_SECRET_KEY in json.dumps(a.data, default=str)]
 
 
-def test_two_flow_processes_triggered_at_once_for_one_scene(prefect_api, scene, clean, s3_bucket):
+def test_two_flow_processes_triggered_at_once_for_one_scene(prefect_api, scene, clean_store, s3_bucket):
     src = s3_bucket.upload(scene, "in/S2_T33_20240105.tif")
     key = "out/S2_T33_20240105.zarr"
     ep = ["--endpoint-url", s3_bucket.server.endpoint_url, "--set", 'storage.region="us-east-1"']
@@ -102,7 +90,7 @@ def test_two_flow_processes_triggered_at_once_for_one_scene(prefect_api, scene, 
     results = [_result(so) for so, _ in outs]
     assert sorted(r["state"] for r in results) == ["skipped", "written"], "the second waited on the lease, then skipped"
     assert sum(r["blocks_run"] for r in results) == 16, "no block was computed twice"
-    assert chunks(s3_output_files(s3_bucket.client, s3_bucket.name, key)) == clean
+    assert chunks(s3_output_files(s3_bucket.client, s3_bucket.name, key)) == chunks(output_files(clean_store))
     assert not [k for k in s3_bucket.keys() if "lease" in k], "the lease is released"
     from prefect.client.orchestration import get_client
 
@@ -113,7 +101,7 @@ def test_two_flow_processes_triggered_at_once_for_one_scene(prefect_api, scene, 
     _secret_free(prefect_api, runs)
 
 
-def test_flow_cli_killed_then_rerun_leaves_no_lease(prefect_api, scene, clean, tmp_path):
+def test_flow_cli_killed_then_rerun_leaves_no_lease(prefect_api, scene, clean_store, tmp_path):
     out = tmp_path / "S2_T33_20240105.zarr"
     env = {"PREFECT_API_URL": prefect_api}
     r = cli("flows", "run-scene", scene, str(out), *SET, *FLOW, env=env, kill_at="blocks", after=5, timeout=180)
@@ -124,12 +112,12 @@ def test_flow_cli_killed_then_rerun_leaves_no_lease(prefect_api, scene, clean, t
     assert again.returncode == 0, again.stderr[-3000:]
     res = _result(again.stdout)
     assert res["state"] == "resumed" and res["blocks_run"] == 16 - done
-    assert chunks(output_files(out)) == clean
+    assert chunks(output_files(out)) == chunks(output_files(clean_store))
     assert leftovers(tmp_path) == []
 
 
 @pytest.mark.parametrize("role", ["gpu", "cpu"])
-def test_dask_worker_killed_mid_scene_the_flow_completes(role, prefect_api, scene, clean, tmp_path):
+def test_dask_worker_killed_mid_scene_the_flow_completes(role, prefect_api, scene, clean_store, tmp_path):
     from distributed import Client, Nanny, Scheduler, SpecCluster
 
     from flows.scene import super_resolve_scene
@@ -160,5 +148,5 @@ def test_dask_worker_killed_mid_scene_the_flow_completes(role, prefect_api, scen
     assert killed, "a worker was killed mid-scene"
     assert res["state"] == "written" and res["blocks_total"] == 16
     assert store_status(str(out), StorageEnv()).state == "complete"
-    assert chunks(output_files(out)) == clean
+    assert chunks(output_files(out)) == chunks(output_files(clean_store))
     assert leftovers(tmp_path) == []

@@ -6,25 +6,24 @@ resume."""
 
 from __future__ import annotations
 
-import json
 
 import pytest
 
-from tests.test_faults_support import (
-    PrivateS3,
+from tests.test_faults_support import (  # noqa: F401 - scene and clean_store are fixtures
     assert_identical,
+    clean_store,
     cli,
     in_thread,
     one_line_error,
     output_files,
+    PrivateS3,
     s3_output_files,
+    scene,
+    SET,
     start_cli,
     wait_for,
 )
-from tests.test_orchestration_support import SMALL, make_scene
 
-RUN = {**SMALL, "workers": 2, "model.name": "test-slow-bicubic", "model.params": {"delay": 0.05}}
-SET = [a for k, v in RUN.items() for a in ("--set", f"{k}={json.dumps(v)}")]
 KEY = "out/S2_T33_20240105.zarr"
 
 
@@ -35,25 +34,12 @@ def s3():
     server.close()
 
 
-@pytest.fixture(scope="module")
-def scene(tmp_path_factory):
-    return str(make_scene(tmp_path_factory.mktemp("in") / "S2_T33_20240105.tif"))
-
-
-@pytest.fixture(scope="module")
-def clean(scene, tmp_path_factory):
-    out = tmp_path_factory.mktemp("clean") / "S2_T33_20240105.zarr"
-    r = cli("run", scene, str(out), *SET, "--no-progress")
-    assert r.returncode == 0, r.stderr
-    return output_files(out)
-
-
 def _s3_markers(client, bucket: str) -> int:
     return client.list_objects_v2(Bucket=bucket, Prefix=f"{KEY}/.geosr/blocks/").get("KeyCount", 0)
 
 
 @pytest.mark.parametrize("down_s", [2.0, 12.0])
-def test_s3_server_restarted_mid_write(down_s, s3, scene, clean):
+def test_s3_server_restarted_mid_write(down_s, s3, scene, clean_store):
     client = s3.server.client()
     client.create_bucket(Bucket="geosr")
     out = f"s3://geosr/{KEY}"
@@ -82,6 +68,6 @@ def test_s3_server_restarted_mid_write(down_s, s3, scene, clean):
         assert again.stdout.startswith("resumed:"), again.stdout
     elif down_s > 10:
         pytest.fail(f"a {down_s} s outage cannot be ridden out by the retries; stdout: {stdout}")
-    assert_identical(s3_output_files(client, "geosr", KEY), clean)
+    assert_identical(s3_output_files(client, "geosr", KEY), output_files(clean_store))
     keys = [o["Key"] for o in client.list_objects_v2(Bucket="geosr").get("Contents", [])]
     assert not [k for k in keys if "lease" in k or ".tmp-" in k], keys

@@ -25,6 +25,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
 
@@ -32,6 +34,29 @@ PYTHON = sys.executable
 TIME_KEYS = {"start_time", "end_time", "created", "finalized", "started", "time", "seconds", "model_seconds",
              "block_seconds"}
 LEFTOVER_MARKERS = (".lease.json", ".guard", ".tmp-", ".lock")
+
+
+# the scene every fault test runs: 16 blocks, two worker threads, a model slow enough to kill things mid-run
+RUN = {"tiling.scale": 2, "tiling.tile": 32, "tiling.overlap": 8, "tiling.chunk": 128, "tiling.block": 128,
+       "model.device": "cpu", "model.batch_size": 8, "workers": 2, "model.name": "test-slow-bicubic",
+       "model.params": {"delay": 0.05}}
+SET = [a for k, v in RUN.items() for a in ("--set", f"{k}={json.dumps(v)}")]
+
+
+@pytest.fixture(scope="module")
+def scene(tmp_path_factory) -> str:
+    from tests.test_orchestration_support import make_scene
+
+    return str(make_scene(tmp_path_factory.mktemp("in") / "S2_T33_20240105.tif"))
+
+
+@pytest.fixture(scope="module")
+def clean_store(scene, tmp_path_factory) -> Path:
+    """The store of an uninterrupted ``geosr run`` of :func:`scene` (what every faulty run must match)."""
+    out = tmp_path_factory.mktemp("clean") / "S2_T33_20240105.zarr"
+    r = cli("run", scene, str(out), *SET, "--no-progress")
+    assert r.returncode == 0, r.stderr
+    return out
 
 
 # -- running the CLI -------------------------------------------------------------------------------------
@@ -61,6 +86,22 @@ def wait_for(cond, what: str, timeout: float = 90.0, proc: subprocess.Popen | No
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(poll)
+
+
+def rerun_finishes(scene: str, out: Path, clean_store: Path, blocks_run: int | None = None) -> None:
+    """Rerun ``geosr run`` on ``out``: it resumes (redoing ``blocks_run`` blocks when given) and leaves the
+    clean run's files, with nothing left in or beside the store."""
+    from geosr.io.storage import StorageEnv
+    from geosr.store import store_status
+
+    r = cli("run", scene, str(out), *SET, "--no-progress")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("resumed:"), r.stdout
+    if blocks_run is not None:
+        assert f"blocks {blocks_run}/16" in r.stdout, r.stdout
+    assert store_status(str(out), StorageEnv()).state == "complete"
+    assert_identical(out, output_files(clean_store))
+    assert leftovers(out.parent) == []
 
 
 def markers(store: Path) -> int:
@@ -153,13 +194,9 @@ class PrivateS3:
         return self.server.endpoint_url
 
     def stop(self) -> None:
-        p = self.server.process
-        p.send_signal(signal.SIGTERM)
-        try:
-            p.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait(timeout=10)
+        from tests.conftest import _stop
+
+        _stop(self.server.process)
 
     def start(self, timeout: float = 60) -> None:
         old = self.server.process

@@ -72,7 +72,7 @@ def wait_flow_runs(runs: list[tuple[SceneCall, str]], poll_s: float = 10.0,
 
     outcome = outcome or BackfillOutcome()
     for c, fid in runs:
-        st = run_coro_as_sync(wait_for_flow_run(UUID(fid), timeout=None, poll_interval=poll_s)).state
+        st = run_coro_as_sync(wait_for_flow_run(UUID(fid), timeout=None, poll_interval=max(1, int(poll_s)))).state
         if st is not None and st.is_completed():
             try:
                 res = st.result(raise_on_failure=False)
