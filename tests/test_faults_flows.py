@@ -150,3 +150,26 @@ def test_dask_worker_killed_mid_scene_the_flow_completes(role, prefect_api, scen
     assert store_status(str(out), StorageEnv()).state == "complete"
     assert chunks(output_files(out)) == chunks(output_files(clean_store))
     assert leftovers(tmp_path) == []
+
+
+def test_waiting_on_deployment_runs_sorts_them_into_done_and_failed(prefect_api):
+    """``wait_flow_runs`` (Prefect's ``wait_for_flow_run``) as a backfill fanned out to a deployment uses it:
+    runs that end Completed are done, runs that end otherwise are failures with their state's message."""
+    from prefect import flow
+    from prefect.client.orchestration import get_client
+    from prefect.states import Completed, Failed
+
+    from geosr.orchestration.fan_out import SceneCall, wait_flow_runs
+
+    @flow(name="geosr-faults-noop")
+    def noop() -> None:
+        return None
+
+    with get_client(sync_client=True) as client:
+        runs = [client.create_flow_run(noop) for _ in range(2)]
+        client.set_flow_run_state(runs[0].id, Completed(), force=True)
+        client.set_flow_run_state(runs[1].id, Failed(message="S3 refused the credentials"), force=True)
+    calls = [SceneCall(f"s{i}", f"/out/s{i}.zarr", {}) for i in range(2)]
+    outcome = wait_flow_runs([(c, str(fr.id)) for c, fr in zip(calls, runs)], poll_s=1)
+    assert outcome.counts() == {"done": 1, "skipped": 0, "failed": 1}
+    assert outcome.done[0]["scene"] == "s0" and "refused the credentials" in outcome.failed[0]["reason"]
