@@ -30,8 +30,9 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    if not args.verbose:  # coroutines abandoned by a failed storage call are noise after the one-line error
-        sys.unraisablehook = _debug_unraisable
+    if not args.verbose:  # coroutines and tasks that zarr/s3fs abandon when a storage call fails are noise
+        sys.unraisablehook = _debug_unraisable  # after the one-line error: debug log only
+        logging.getLogger("asyncio").setLevel(logging.CRITICAL)
     from .runtime import limit_malloc_arenas
 
     limit_malloc_arenas()  # flat memory over long runs (see geosr/runtime.py)
