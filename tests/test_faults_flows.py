@@ -116,6 +116,23 @@ def test_flow_cli_killed_then_rerun_leaves_no_lease(prefect_api, scene, clean_st
     assert leftovers(tmp_path) == []
 
 
+def test_flow_cli_on_a_temporary_prefect_server_killed_then_rerun(scene, clean_store, tmp_path):
+    """Without PREFECT_API_URL the CLI runs on Prefect's temporary server, which expires no concurrency
+    slots: the killed run must not leave one taken (the rerun would wait for it forever)."""
+    (tmp_path / "data").mkdir()
+    out = tmp_path / "data" / "S2_T33_20240105.zarr"
+    env = {"PREFECT_API_URL": None, "PREFECT_HOME": str(tmp_path / "prefect-home")}
+    flow = ["--dask-threads", "--no-quicklook"]
+    r = cli("flows", "run-scene", scene, str(out), *SET, *flow, env=env, kill_at="blocks", after=5, timeout=180)
+    assert r.returncode == -signal.SIGKILL, r.stderr[-3000:]
+    done = store_status(str(out), StorageEnv()).done
+    again = cli("flows", "run-scene", scene, str(out), *SET, *flow, env=env, timeout=240)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert _result(again.stdout)["blocks_run"] == 16 - done
+    assert chunks(output_files(out)) == chunks(output_files(clean_store))
+    assert leftovers(out.parent) == []
+
+
 @pytest.mark.parametrize("role", ["gpu", "cpu"])
 def test_dask_worker_killed_mid_scene_the_flow_completes(role, prefect_api, scene, clean_store, tmp_path):
     from distributed import Client, Nanny, Scheduler, SpecCluster

@@ -9,6 +9,9 @@ hook lives here, in the tests, by wrapping a store method: production code has n
 * ``stac``: inside ``finalize``, right after the STAC item was written (the overview tail is computed,
   the attributes and the consolidated metadata are not updated yet);
 * ``complete``: inside ``finalize``, just before the completion marker is written.
+
+The CLI runs in its own session and the kill takes its whole process group (the CLI and what it started,
+such as Prefect's temporary server), as when the container or pod running it is killed.
 """
 
 from __future__ import annotations
@@ -60,20 +63,26 @@ def clean_store(scene, tmp_path_factory) -> Path:
 
 
 # -- running the CLI -------------------------------------------------------------------------------------
-def cli(*args: str, env: dict[str, str] | None = None, kill_at: str | None = None, after: int = 1,
+def cli(*args: str, env: dict[str, str | None] | None = None, kill_at: str | None = None, after: int = 1,
         timeout: float = 120) -> subprocess.CompletedProcess:
     """Run ``geosr ARGS`` to the end (or to its SIGKILL at ``kill_at``); stdout and stderr captured."""
     cmd = [PYTHON, "-m", "tests.test_faults_support"]
     if kill_at:
         cmd += ["--kill-at", kill_at, "--after", str(after)]
     cmd += ["--", *args]
-    return subprocess.run(cmd, cwd=REPO, env={**os.environ, **(env or {})}, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(cmd, cwd=REPO, env=_env(env), capture_output=True, text=True, timeout=timeout,
+                          start_new_session=True)
+
+
+def _env(extra: dict[str, str | None] | None) -> dict[str, str]:
+    """This process's environment with ``extra`` (a None value removes the variable)."""
+    env = {**os.environ, **(extra or {})}
+    return {k: v for k, v in env.items() if v is not None}
 
 
 def start_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
     return subprocess.Popen([PYTHON, "-m", "tests.test_faults_support", "--", *args], cwd=REPO,
-                            env={**os.environ, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env=_env(env), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, start_new_session=True)
 
 
@@ -237,9 +246,10 @@ def in_thread(fn, *args: Any) -> tuple[threading.Thread, list[BaseException]]:
 
 # -- the kill-at wrapper -----------------------------------------------------------------------------------
 def _die() -> None:
+    """SIGKILL this CLI and what it started (e.g. Prefect's temporary server), as when its pod is killed."""
     sys.stdout.flush()
     sys.stderr.flush()
-    os.kill(os.getpid(), signal.SIGKILL)
+    os.killpg(os.getpgrp(), signal.SIGKILL)
 
 
 def _install_kill(point: str, after: int) -> None:
