@@ -22,17 +22,10 @@ from geosr.io.storage import StorageEnv
 from geosr.orchestration.artifacts import artifact_key
 from geosr.orchestration.backfill import BackfillOutcome, BackfillPlan, plan_backfill
 from geosr.orchestration.cluster import cluster_address
-from geosr.orchestration.discovery import SceneQuery, discover, explicit_scenes, interval_text, parse_bbox
-from geosr.orchestration.prefect_io import (
-    SceneCall,
-    fan_out,
-    finish,
-    publish_backfill,
-    resolve_config,
-    run_logger,
-    submit_deployment_runs,
-    wait_flow_runs,
-)
+from geosr.orchestration.discovery import discover, explicit_scenes
+from geosr.orchestration.query import SceneQuery, interval_text, parse_bbox
+from geosr.orchestration.fan_out import SceneCall, fan_out, finish, submit_deployment_runs, wait_flow_runs
+from geosr.orchestration.prefect_io import publish_backfill, resolve_config, run_logger
 from geosr.orchestration.settings import RunSettings
 
 SCENE_DEPLOYMENT = "super-resolve-scene/on-demand"

@@ -15,8 +15,10 @@ from prefect.cache_policies import NO_CACHE
 from flows.scene import super_resolve
 from geosr.io.storage import StorageEnv
 from geosr.orchestration.cluster import cluster_address
-from geosr.orchestration.discovery import SceneQuery, discover, lookback_interval, parse_bbox, pending
-from geosr.orchestration.prefect_io import SceneCall, fan_out, finish, publish_backfill, resolve_config, run_logger
+from geosr.orchestration.discovery import discover, pending
+from geosr.orchestration.query import SceneQuery, lookback_interval, parse_bbox
+from geosr.orchestration.fan_out import SceneCall, fan_out, finish
+from geosr.orchestration.prefect_io import publish_backfill, resolve_config, run_logger
 from geosr.orchestration.settings import RunSettings
 
 

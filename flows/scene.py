@@ -16,7 +16,8 @@ from prefect.tasks import exponential_backoff
 
 from geosr.orchestration.cluster import cluster_address
 from geosr.orchestration.jobs import scene_id_from_uri, scene_output_uri
-from geosr.orchestration.prefect_io import process_scene, resolve_config, retry_transient, run_logger
+from geosr.orchestration.prefect_io import resolve_config, run_logger
+from geosr.orchestration.scene_task import process_scene, retry_transient
 from geosr.orchestration.settings import RunSettings
 
 

@@ -30,6 +30,9 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    if not args.verbose:  # coroutines and tasks that zarr/s3fs abandon when a storage call fails are noise
+        sys.unraisablehook = _debug_unraisable  # after the one-line error: debug log only
+        logging.getLogger("asyncio").setLevel(logging.CRITICAL)
     from .runtime import limit_malloc_arenas
 
     limit_malloc_arenas()  # flat memory over long runs (see geosr/runtime.py)
@@ -42,6 +45,10 @@ def main(argv: list[str] | None = None) -> int:
         print("geosr: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
     return int(rc or 0)
+
+
+def _debug_unraisable(u: "sys.UnraisableHookArgs") -> None:
+    logging.getLogger("geosr").debug("ignored in %r: %s: %s", u.object, type(u.exc_value).__name__, u.exc_value)
 
 
 if __name__ == "__main__":

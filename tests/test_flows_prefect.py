@@ -20,7 +20,8 @@ import yaml
 from geosr.engine import run_scene
 from geosr.io.storage import StorageEnv
 from geosr.orchestration.cluster import ClusterSpec, dask_client
-from geosr.orchestration.prefect_io import SceneCall, ensure_gpu_limit, submit_deployment_runs
+from geosr.orchestration.fan_out import SceneCall, submit_deployment_runs
+from geosr.orchestration.gpu_limit import ensure_gpu_limit
 from geosr.orchestration.settings import RunSettings
 from geosr.store import stac_item_uri, store_status
 from tests.test_orchestration_support import SMALL, assert_same_store, make_scene, small_config, store_arrays

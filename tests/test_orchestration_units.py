@@ -18,15 +18,9 @@ from geosr.io.source import open_source
 from geosr.io.storage import StorageEnv
 from geosr.orchestration.artifacts import artifact_key, public_url, quicklook_uri, scene_markdown
 from geosr.orchestration.backfill import plan_backfill
-from geosr.orchestration.discovery import (
-    SceneQuery,
-    discover,
-    explicit_scenes,
-    lookback_interval,
-    parse_bbox,
-    parse_interval,
-    stac_search_parameters,
-)
+from geosr.orchestration.discovery import discover, explicit_scenes
+from geosr.orchestration.query import SceneQuery, lookback_interval, parse_bbox, parse_interval
+from geosr.orchestration.stac_source import stac_search_parameters
 from geosr.orchestration.errors import DiscoveryError, LeaseLostError, SceneLockedError
 from geosr.orchestration.gpu import ModelCache, ModelSpec, upsample_adaptive
 from geosr.orchestration.jobs import SceneJob, scene_output_uri

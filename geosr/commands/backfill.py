@@ -80,7 +80,8 @@ def _backfill(args: argparse.Namespace) -> int:
 def _dry_run(args: argparse.Namespace, scenes: list[str], cfg) -> int:
     from ..io.storage import StorageEnv
     from ..orchestration.backfill import plan_backfill
-    from ..orchestration.discovery import SceneQuery, discover, explicit_scenes, interval_text, parse_bbox
+    from ..orchestration.discovery import discover, explicit_scenes
+    from ..orchestration.query import SceneQuery, interval_text, parse_bbox
 
     env = StorageEnv(cfg.storage)
     refs = []

@@ -48,8 +48,8 @@ def add_cluster_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--dask-threads", action="store_true", help="embedded cluster: workers as threads of this "
                    "process instead of separate processes (one GPU only)")
     g.add_argument("--dask-dashboard", metavar="ADDRESS", help="embedded cluster: serve the Dask dashboard, e.g. :8787")
-    g.add_argument("--gpu-limit", default="geosr-gpu", help="Prefect global concurrency limit guarding the GPUs "
-                   "(default geosr-gpu; '' for none)")
+    g.add_argument("--gpu-limit", help="Prefect global concurrency limit guarding the GPUs ('' for none; default "
+                   "geosr-gpu with a Prefect server (PREFECT_API_URL) or for serve, none with a temporary server)")
     g.add_argument("--gpu-slots", type=int, default=1, help="slots of the GPU limit when it has to be created "
                    "(default 1: one scene at a time on the GPUs)")
     g.add_argument("--prefetch", type=int, default=2, help="blocks read ahead per GPU (default 2)")
@@ -65,10 +65,23 @@ def settings_from_args(args: argparse.Namespace) -> Any:
     return RunSettings(dask_address=args.dask_address or None, cpu_workers=args.cpu_workers,
                        cpu_threads=args.cpu_threads, gpu_workers=args.gpu_workers,
                        dask_processes=not args.dask_threads, dask_dashboard=args.dask_dashboard,
-                       gpu_limit=args.gpu_limit or None,
+                       gpu_limit=gpu_limit_name(args),
                        prefetch=args.prefetch, max_concurrent_scenes=args.max_concurrent_scenes,
                        lease_ttl_s=args.lease_ttl, quicklook=not args.no_quicklook,
                        quicklook_url_map=args.quicklook_url_map)
+
+
+def gpu_limit_name(args: argparse.Namespace) -> str | None:
+    """``--gpu-limit``, else the default limit, except for one-shot runs on Prefect's temporary server: that
+    server expires no slots, so a run killed while holding one would block every later run."""
+    if args.gpu_limit is not None:
+        return args.gpu_limit or None
+    from prefect.settings import PREFECT_API_URL
+
+    from ..orchestration.settings import DEFAULT_GPU_LIMIT
+
+    served = getattr(args, "flows_command", None) == "serve"
+    return DEFAULT_GPU_LIMIT if served or PREFECT_API_URL.value() else None
 
 
 def add_source_options(p: argparse.ArgumentParser) -> None:
@@ -99,7 +112,7 @@ def import_flows(module: str) -> Any:
 
 def ensure_limit(settings: Any, slots: int) -> None:
     if settings.gpu_limit:
-        from ..orchestration.prefect_io import ensure_gpu_limit
+        from ..orchestration.gpu_limit import ensure_gpu_limit
 
         n = ensure_gpu_limit(settings.gpu_limit, slots)
         print(f"GPU concurrency limit {settings.gpu_limit}: {n} slot(s)", file=sys.stderr)
@@ -229,13 +242,13 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _is_stac(source: str, kind: str) -> bool:
-    from ..orchestration.discovery import SceneQuery
+    from ..orchestration.query import SceneQuery
 
     return SceneQuery(source, kind).resolved_kind() != "prefix"  # type: ignore[arg-type]
 
 
 def _gpu_limit(args: argparse.Namespace) -> int:
-    from ..orchestration.prefect_io import ensure_gpu_limit
+    from ..orchestration.gpu_limit import ensure_gpu_limit
 
     n = ensure_gpu_limit(args.name, args.slots, update=True)
     print(f"GPU concurrency limit {args.name}: {n} slot(s)")

@@ -8,6 +8,9 @@ import time
 
 from ..config import load_config, parse_override
 
+LEASE_WAIT_S = 6 * 3600.0
+"""How long ``geosr run`` waits for another run of the same output (see :mod:`geosr.orchestration.lease`)."""
+
 
 def register(sub) -> None:
     p = sub.add_parser("run", help="super-resolve a GeoTIFF into a georeferenced Zarr store",
@@ -96,11 +99,16 @@ class Progress:
 
 def _run(args: argparse.Namespace) -> int:
     from ..engine import run_scene
+    from ..io.storage import StorageEnv
+    from ..orchestration.lease import SceneLease
 
     cfg = load_config(args.config, overrides_from_args(args))
+    env = StorageEnv(cfg.storage)
     bar = Progress(not args.no_progress, cfg.tiling.block**2)
     try:
-        rep = run_scene(args.input, args.output, cfg, overwrite=args.overwrite, progress=bar)
+        # one run per output at a time: a second run of the same output waits, then finds it complete
+        with SceneLease(args.output, env, label="geosr run").hold(wait=LEASE_WAIT_S):
+            rep = run_scene(args.input, args.output, cfg, overwrite=args.overwrite, progress=bar, env=env)
     finally:
         bar.close()
     if rep.state == "skipped":

@@ -20,7 +20,8 @@ from ..errors import GeosrError
 from ..io.source import open_source
 from ..io.storage import StorageEnv
 from ..upsamplers.classic import KINDS
-from .discovery import SceneRef, SceneState, scene_states
+from .discovery import SceneState, scene_states
+from .query import SceneRef
 from .jobs import SceneJob
 from .retry import RetryPolicy, call_with_retry
 

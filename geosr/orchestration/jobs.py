@@ -91,6 +91,9 @@ def run_scene_job(job: SceneJob, client: Any, *, slot: Callable[[], ContextManag
     if not job.overwrite:
         st = call_with_retry(lambda: store_status(job.output_uri, env), options.retry, f"checking {job.output_uri}")
         if st.state == "complete":
+            if lease.enabled:  # a run killed after finishing the store may have left its lease behind
+                call_with_retry(SceneLease(job.output_uri, env, ttl=lease.ttl).clear_stale, options.retry,
+                                f"checking the lease of {job.output_uri}")
             return run_scene_distributed(job.input_uri, job.output_uri, job.config, client, env=env,
                                          options=options)
     run = lambda check: run_scene_distributed(  # noqa: E731

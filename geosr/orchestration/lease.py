@@ -18,8 +18,6 @@ safe.
 
 from __future__ import annotations
 
-import fcntl
-import hashlib
 import json
 import logging
 import os
@@ -29,11 +27,12 @@ import time
 import uuid
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from typing import Any, Iterator
+from typing import Iterator
 
-from ..io.storage import StorageEnv, is_remote, strip_protocol
+from ..io.storage import StorageEnv
+from .conditional import conditional_object
 from .errors import LeaseLostError, SceneLockedError
-from .retry import is_transient
+from .retry import RetryPolicy, call_with_retry, is_transient
 
 log = logging.getLogger(__name__)
 
@@ -79,175 +78,22 @@ class LeaseRecord:
         return False
 
 
-class _Backend:
-    """Conditional object operations; ``token`` is an ETag (S3) or a content hash (local)."""
-
-    def create(self, data: bytes) -> str | None: ...
-    def read(self) -> tuple[bytes, str] | None: ...
-    def replace(self, data: bytes, token: str) -> str | None: ...
-    def delete(self, token: str) -> bool: ...
-
-
-def _precondition_failed(exc: BaseException) -> bool:
-    e: BaseException | None = exc
-    for _ in range(8):
-        if e is None:
-            break
-        resp = getattr(e, "response", None)
-        if isinstance(resp, dict):
-            code = str(resp.get("Error", {}).get("Code", ""))
-            if code in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409"):
-                return True
-        text = str(e).lower()
-        if "precondition" in text or "pre-condition" in text:
-            return True
-        e = e.__cause__ or e.__context__
-    return False
-
-
-class _S3Backend(_Backend):
-    def __init__(self, uri: str, env: StorageEnv) -> None:
-        self.fs = env.filesystem(uri)
-        self.path = strip_protocol(uri)
-        self.bucket, self.key = self.path.split("/", 1)
-
-    def create(self, data: bytes) -> str | None:
-        try:
-            resp = self.fs.pipe_file(self.path, data, mode="create")
-        except (OSError, ValueError) as e:
-            if _precondition_failed(e) or isinstance(e, FileExistsError):
-                return None
-            raise
-        return self._etag(resp)
-
-    def read(self) -> tuple[bytes, str] | None:
-        # ETag before and after the body: equal means the body belongs to that ETag
-        for _ in range(5):
-            try:
-                before = self.fs.info(self.path, refresh=True)["ETag"]
-                data = self.fs.cat_file(self.path)
-                after = self.fs.info(self.path, refresh=True)["ETag"]
-            except FileNotFoundError:
-                return None
-            if before == after:
-                return data, before
-        return None
-
-    def replace(self, data: bytes, token: str) -> str | None:
-        try:
-            resp = self.fs.pipe_file(self.path, data, IfMatch=token)
-        except (OSError, ValueError) as e:
-            if _precondition_failed(e) or isinstance(e, FileNotFoundError):
-                return None
-            raise
-        return self._etag(resp)
-
-    def delete(self, token: str) -> bool:
-        try:
-            self.fs.call_s3("delete_object", Bucket=self.bucket, Key=self.key, IfMatch=token)
-        except (OSError, ValueError) as e:
-            if _precondition_failed(e):
-                return False
-            if isinstance(e, FileNotFoundError):
-                return True
-            raise
-        finally:
-            self.fs.invalidate_cache(self.path)
-        return True
-
-    def _etag(self, resp: Any) -> str:
-        self.fs.invalidate_cache(self.path)
-        etag = resp.get("ETag") if isinstance(resp, dict) else None
-        return etag or self.fs.info(self.path, refresh=True)["ETag"]
-
-
-class _LocalBackend(_Backend):
-    """Local or network filesystem: O_EXCL create; replace/delete under an ``flock`` on a guard file."""
-
-    def __init__(self, path: str) -> None:
-        self.path = os.path.abspath(path)
-        self.guard = self.path + ".guard"
-
-    @staticmethod
-    def _token(data: bytes) -> str:
-        return hashlib.sha256(data).hexdigest()
-
-    @contextmanager
-    def _locked(self) -> Iterator[None]:
-        os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        with open(self.guard, "a+b") as g:
-            fcntl.flock(g.fileno(), fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(g.fileno(), fcntl.LOCK_UN)
-
-    def create(self, data: bytes) -> str | None:
-        with self._locked():
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                return None
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-        return self._token(data)
-
-    def read(self) -> tuple[bytes, str] | None:
-        try:
-            with open(self.path, "rb") as f:
-                data = f.read()
-        except FileNotFoundError:
-            return None
-        return data, self._token(data)
-
-    def replace(self, data: bytes, token: str) -> str | None:
-        with self._locked():
-            cur = self.read()
-            if cur is None or cur[1] != token:
-                return None
-            tmp = f"{self.path}.tmp-{uuid.uuid4().hex}"
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-        return self._token(data)
-
-    def delete(self, token: str) -> bool:
-        with self._locked():
-            cur = self.read()
-            if cur is None:
-                return True
-            if cur[1] != token:
-                return False
-            os.unlink(self.path)
-        return True
-
-
-def _backend(uri: str, env: StorageEnv) -> _Backend:
-    if is_remote(uri):
-        if not str(uri).startswith(("s3://", "s3a://")):
-            raise ValueError(f"{uri}: scene leases support local paths and s3:// only")
-        return _S3Backend(uri, env)
-    return _LocalBackend(strip_protocol(uri))
-
-
 class SceneLease:
     """The lease of one output store. Use :meth:`hold` (a context manager) rather than the pieces."""
 
     def __init__(self, output_uri: str, env: StorageEnv, *, ttl: float = 120.0, label: str = "",
-                 poll: float = 2.0) -> None:
+                 poll: float = 2.0, retry: RetryPolicy = RetryPolicy()) -> None:
         if ttl <= 0:
             raise ValueError(f"lease ttl={ttl}: must be positive")
         self.output_uri = output_uri
         self.uri = lease_uri(output_uri)
         self.ttl = float(ttl)
         self.poll = poll
+        self.retry = retry
+        self.env = env
         self.label = label
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
-        self._backend = _backend(self.uri, env)
+        self._backend = conditional_object(self.uri, env)
         self._token: str | None = None
         self._lost = threading.Event()
         self._stop = threading.Event()
@@ -268,41 +114,34 @@ class SceneLease:
 
     def try_acquire(self) -> LeaseRecord | None:
         """Take the lease if it is free or stale. Returns None on success, else the current holder's record."""
-        now = time.time()
-        rec = self._record(now)
-        token = self._backend.create(rec.to_bytes())
-        if token is None:
-            cur = self._backend.read()
-            if cur is None:
-                return self.try_acquire_once_more()
-            held = LeaseRecord.from_bytes(cur[0])
-            if held is not None and held.owner == self.owner:
-                token = cur[1]
-            elif held is not None and not held.stale(now):
-                return held
-            else:
-                log.warning("taking over the stale lease of %s (%s)", self.output_uri,
-                            f"held by {held.owner}, expired" if held else "unreadable")
-                token = self._backend.replace(rec.to_bytes(), cur[1])
-                if token is None:
-                    return self._holder() or held
-        if not self._verify(token):
-            return self._holder()
-        with self._mutex:
-            self._token, self._expires = token, rec.expires
-            self._lost.clear()
-        return None
-
-    def try_acquire_once_more(self) -> LeaseRecord | None:
-        # the lease vanished between our create and read (released meanwhile): one more try
         rec = self._record(time.time())
         token = self._backend.create(rec.to_bytes())
+        for _ in range(2):  # a second create when the lease vanished between our create and read
+            if token is not None:
+                break
+            cur = self._backend.read()
+            if cur is None:
+                token = self._backend.create(rec.to_bytes())
+                continue
+            held = LeaseRecord.from_bytes(cur[0])
+            if held is not None and held.owner != self.owner and not held.stale(rec.acquired):
+                return held
+            if held is None or held.owner != self.owner:
+                log.warning("taking over the stale lease of %s (%s)", self.output_uri,
+                            f"held by {held.owner}, expired" if held else "unreadable")
+            token = self._backend.replace(rec.to_bytes(), cur[1])
+            break
         if token is None or not self._verify(token):
             return self._holder()
         with self._mutex:
             self._token, self._expires = token, rec.expires
             self._lost.clear()
         return None
+
+    def clear_stale(self) -> None:
+        """Delete the lease if a run that is gone left it behind (e.g. beside a store that is complete)."""
+        if self._backend.read() is not None and self.try_acquire() is None:
+            self.release()
 
     def _holder(self) -> LeaseRecord | None:
         cur = self._backend.read()
@@ -312,17 +151,14 @@ class SceneLease:
     def acquire(self, wait: float = 0.0) -> None:
         """Take the lease, waiting up to ``wait`` seconds while another live run holds it
         (:class:`SceneLockedError` after that)."""
+        from ..store.backend import StoreLocation, storage_errors
+
+        StoreLocation(self.output_uri, self.env).check_bucket()  # some S3 servers create a missing bucket on PUT
         deadline = time.monotonic() + max(0.0, wait)
         announced = False
         while True:
-            try:
-                holder = self.try_acquire()
-            except Exception as e:
-                if not is_transient(e) or time.monotonic() >= deadline:
-                    raise
-                log.warning("taking the lease of %s failed (%s); retrying", self.output_uri, e)
-                time.sleep(self.poll)
-                continue
+            with storage_errors(self.uri, "take the lease"):  # typed, one-line errors (missing bucket, ...)
+                holder = call_with_retry(self.try_acquire, self.retry, f"taking the lease of {self.output_uri}")
             if holder is None:
                 log.info("holding the lease of %s (%s)", self.output_uri, self.owner)
                 return

@@ -1,35 +1,18 @@
-"""Everything geosr asks of Prefect: the GPU concurrency limit, run-scoped logging and progress,
-artifacts, and the body of the per-scene task that every flow runs (the flows stay thin)."""
+"""What geosr asks of a Prefect run: its configuration from flow parameters, its logger and label, block
+progress as a progress artifact, and the scene / backfill report artifacts."""
 
 from __future__ import annotations
 
 import logging
 import time
-from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Any, Callable, ContextManager, Iterator
+from typing import Any
 
 from ..config import RunConfig, load_config
-from ..errors import GeosrError
-from ..io.storage import StorageEnv
-from .artifacts import (
-    artifact_key,
-    backfill_markdown,
-    public_url,
-    scene_markdown,
-    scene_result,
-    write_quicklook,
-)
+from .artifacts import artifact_key, backfill_markdown, public_url, scene_markdown
 from .backfill import BackfillOutcome, BackfillPlan
-from .cluster import ClusterSpec, dask_client
-from .errors import GpuLimitError
-from .jobs import SceneJob, run_scene_job
-from .retry import RetryPolicy, call_with_retry, is_transient
 from .scene import SceneRun
-from .settings import DEFAULT_GPU_LIMIT, RunSettings
 
 log = logging.getLogger(__name__)
-
 
 
 # -- configuration ------------------------------------------------------------------------------------------
@@ -75,59 +58,6 @@ def run_label() -> str:
     except Exception:  # noqa: BLE001 - runtime lookups only fail outside a run
         pass
     return ""
-
-
-# -- GPU concurrency limit ----------------------------------------------------------------------------------
-def ensure_gpu_limit(name: str = DEFAULT_GPU_LIMIT, slots: int = 1, *, update: bool = False) -> int:
-    """Create the global concurrency limit ``name`` with ``slots`` slots if it does not exist (or set its
-    size with ``update``). Returns its size."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate, GlobalConcurrencyLimitUpdate
-    from prefect.exceptions import ObjectNotFound
-
-    if slots < 1:
-        raise GpuLimitError(f"GPU limit {name!r}: slots={slots}; give at least 1")
-    with get_client(sync_client=True) as client:
-        try:
-            current = client.read_global_concurrency_limit_by_name(name)
-        except ObjectNotFound:
-            client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=slots))
-            log.info("created the global concurrency limit %s with %d slot(s)", name, slots)
-            return slots
-        if update and current.limit != slots:
-            client.update_global_concurrency_limit(name, GlobalConcurrencyLimitUpdate(limit=slots))
-            return slots
-        return int(current.limit)
-
-
-def gpu_slot(name: str | None, timeout_s: float | None = None,
-             lease_s: float = 60.0) -> Callable[[], ContextManager[Any]] | None:
-    """A factory of context managers that hold one slot of the Prefect global concurrency limit ``name``
-    (strict: a missing limit is an error, never a silent free-for-all). None when ``name`` is empty.
-
-    The slot is a lease that Prefect renews while it is held; if the holding process dies, the server
-    frees the slot after ``lease_s`` seconds."""
-    if not name:
-        return None
-
-    @contextmanager
-    def hold() -> Iterator[None]:
-        from prefect.concurrency.sync import concurrency
-
-        acquired = False
-        try:
-            with concurrency(name, occupy=1, timeout_seconds=timeout_s, lease_duration=lease_s, strict=True):
-                acquired = True
-                yield
-        except Exception as e:
-            if not acquired and type(e).__name__ == "ConcurrencySlotAcquisitionError":
-                raise GpuLimitError(
-                    f"the GPU concurrency limit {name!r} does not exist on the Prefect server; create it with "
-                    f"`geosr flows gpu-limit --name {name} --slots N` (N = flow runs that may share the GPUs at once)"
-                ) from None
-            raise
-
-    return hold
 
 
 # -- progress -----------------------------------------------------------------------------------------------
@@ -188,139 +118,3 @@ def publish_backfill(outcome: BackfillOutcome, plan: BackfillPlan | None, key: s
     c = outcome.counts()
     create_markdown_artifact(markdown=backfill_markdown(outcome, plan, title), key=artifact_key(key),
                              description=f"{c['done']} done, {c['skipped']} skipped, {c['failed']} failed")
-
-
-# -- the per-scene task body ----------------------------------------------------------------------------------
-def process_scene(input_uri: str, output_uri: str, config: dict[str, Any], settings: RunSettings, *,
-                  dask_address: str, overwrite: bool = False, scene_id: str = "", collection: str | None = None,
-                  acquired: str | None = None) -> dict[str, Any]:
-    """Run one scene on the cluster at ``dask_address`` under its lease and the GPU limit, write its
-    quicklook and publish its artifact; returns :func:`scene_result` (JSON). Raises geosr's typed errors."""
-    cfg = RunConfig.model_validate(config)
-    job = SceneJob(input_uri, output_uri, cfg, overwrite, scene_id, collection)
-    logger = run_logger()
-    logger.info("scene %s: %s -> %s", job.name, input_uri, output_uri)
-    with dask_client(ClusterSpec(address=dask_address)) as client:
-        run = run_scene_job(job, client, slot=gpu_slot(settings.gpu_limit), lease=settings.lease(),
-                            options=settings.run_options(), progress=PrefectProgress(job.name),
-                            label=run_label() or job.name,
-                            extra_provenance={"datetime": acquired, "collection": collection, "scene_id": job.name})
-    if run.state == "skipped":
-        logger.info("scene %s: output %s is complete; skipped", job.name, output_uri)
-        return scene_result(run)
-    ql = None
-    if settings.quicklook:
-        try:
-            ql = call_with_retry(lambda: write_quicklook(input_uri, output_uri, cfg, StorageEnv(cfg.storage)),
-                                 RetryPolicy(attempts=3), f"writing the quicklook of {output_uri}")
-        except (GeosrError, OSError, ValueError) as e:
-            logger.warning("scene %s: no quicklook (%s)", job.name, e)
-    publish_scene(run, job.name, ql, settings.quicklook_url_map)
-    r = run.report
-    logger.info("scene %s: %s, %d/%d blocks in %.1f s (%.2f tiles/s), seam %.3f -> %s", job.name, r.state,
-                r.blocks_run, r.blocks_total, r.seconds, run.tiles_per_s, r.metrics.get("seam_metric", float("nan")),
-                output_uri)
-    return scene_result(run, ql)
-
-
-@dataclass(frozen=True)
-class SceneCall:
-    """One scene for :func:`fan_out`: the task's keyword arguments plus how to report it."""
-
-    scene_id: str
-    output_uri: str
-    kwargs: dict[str, Any]
-
-
-def fan_out(task: Any, calls: list[SceneCall], max_concurrent: int,
-            outcome: BackfillOutcome | None = None) -> BackfillOutcome:
-    """Submit ``task`` once per call, at most ``max_concurrent`` in flight (a backfill of thousands of
-    scenes never has thousands of waiting task runs), and collect done / skipped / failed."""
-    from prefect.futures import as_completed
-
-    outcome = outcome or BackfillOutcome()
-    logger = run_logger()
-    queue = list(calls)
-    running: dict[Any, SceneCall] = {}
-    while queue or running:
-        while queue and len(running) < max(1, max_concurrent):
-            c = queue.pop(0)
-            running[task.submit(**c.kwargs)] = c
-        fut = next(iter(as_completed(list(running))))
-        c = running.pop(fut)
-        result = fut.result(raise_on_failure=False)
-        if isinstance(result, BaseException) or not fut.state.is_completed():
-            reason = f"{type(result).__name__}: {result}" if isinstance(result, BaseException) else str(fut.state.message)
-            logger.error("scene %s failed: %s", c.scene_id, reason)
-            outcome.add_failure(c.scene_id, c.output_uri, reason)
-        else:
-            outcome.add_result(c.scene_id, c.output_uri, result)
-    return outcome
-
-
-# -- fan-out to a deployment -------------------------------------------------------------------------------------
-def submit_deployment_runs(deployment: str, calls: list[SceneCall], key_prefix: str) -> list[tuple[SceneCall, str]]:
-    """Create one flow run of ``deployment`` per call, with idempotency key ``<key_prefix>:<call key>``:
-    submitting the same backfill twice (a retried parent run) returns the flow runs created the first time
-    instead of new ones. Returns (call, flow run id) pairs."""
-    from prefect.deployments import run_deployment
-
-    out = []
-    for c in calls:
-        key = f"{key_prefix}:{c.kwargs.get('idempotency_key') or c.scene_id}"
-        params = {k: v for k, v in c.kwargs.items() if k != "idempotency_key"}
-        fr = run_deployment(deployment, parameters=params, idempotency_key=key, timeout=0, as_subflow=True)
-        out.append((c, str(fr.id)))
-    return out
-
-
-def wait_flow_runs(runs: list[tuple[SceneCall, str]], poll_s: float = 10.0,
-                   outcome: BackfillOutcome | None = None) -> BackfillOutcome:
-    """Poll the flow runs until each is final; done / skipped / failed (skipped when the scene flow
-    reports its output was already complete)."""
-    from uuid import UUID
-
-    from prefect.client.orchestration import get_client
-
-    outcome = outcome or BackfillOutcome()
-    left = dict((fid, c) for c, fid in runs)
-    with get_client(sync_client=True) as client:
-        while left:
-            for fid in list(left):
-                fr = client.read_flow_run(UUID(fid))
-                st = fr.state
-                if st is None or not st.is_final():
-                    continue
-                c = left.pop(fid)
-                if st.is_completed():
-                    try:
-                        res = st.result(raise_on_failure=False)
-                    except Exception:  # noqa: BLE001 - results are only there when persisted
-                        res = None
-                    outcome.add_result(c.scene_id, c.output_uri, res if isinstance(res, dict) else {"state": "written"})
-                else:
-                    outcome.add_failure(c.scene_id, c.output_uri, f"{st.name}: {st.message or ''}")
-            if left:
-                time.sleep(poll_s)
-    return outcome
-
-
-def finish(summary: dict[str, Any], outcome: BackfillOutcome) -> Any:
-    """A multi-scene flow's return value: the summary, as a Failed state when any scene failed (so
-    automations and the UI flag the run) — the summary stays readable as the state's data."""
-    if not outcome.failed:
-        return summary
-    from prefect.states import Failed
-
-    first = outcome.failed[0]
-    return Failed(message=f"{len(outcome.failed)} scene(s) failed, e.g. {first['scene']}: {first['reason'][:200]}",
-                  data=summary)
-
-
-def retry_transient(task: Any, task_run: Any, state: Any) -> bool:
-    """Prefect ``retry_condition_fn``: retry a scene task only for transient (I/O, network) failures."""
-    try:
-        state.result()
-    except Exception as e:  # noqa: BLE001 - we classify whatever the task raised
-        return is_transient(e)
-    return False

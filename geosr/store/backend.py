@@ -48,6 +48,9 @@ def storage_error(exc: BaseException, uri: str, action: str) -> GeosrError | Non
                 f"cannot {action} {uri}: no object-storage credentials found; set AWS_ACCESS_KEY_ID and "
                 "AWS_SECRET_ACCESS_KEY, a shared credentials file or storage.profile (or storage.anon for public data)"
             )
+        if isinstance(exc, (bce.EndpointConnectionError, bce.ConnectTimeoutError)):
+            return OutputError(f"cannot {action} {uri}: the object storage does not answer ({exc}); check "
+                               "storage.endpoint_url (--endpoint-url) and the network")
         if isinstance(exc, bce.ClientError):
             code = str(exc.response.get("Error", {}).get("Code", ""))
             if code in _BUCKET_CODES:

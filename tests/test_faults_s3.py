@@ -1,0 +1,73 @@
+"""The S3 server restarted in the middle of a run, on a SeaweedFS of this test alone (the session's server
+is never disturbed): ``geosr run`` writing to S3 either rides out the outage (storage retries) or stops
+with one clear error line; either way the (re)run leaves a store identical, object by object, to a clean
+run, and no lease beside it. A longer outage than the retries cover must give the error, then a clean
+resume."""
+
+from __future__ import annotations
+
+
+import pytest
+
+from tests.test_faults_support import (  # noqa: F401 - scene and clean_store are fixtures
+    assert_identical,
+    clean_store,
+    cli,
+    in_thread,
+    one_line_error,
+    output_files,
+    PrivateS3,
+    s3_output_files,
+    scene,
+    SET,
+    start_cli,
+    wait_for,
+)
+
+KEY = "out/S2_T33_20240105.zarr"
+
+
+@pytest.fixture
+def s3():
+    server = PrivateS3()
+    yield server
+    server.close()
+
+
+def _s3_markers(client, bucket: str) -> int:
+    return client.list_objects_v2(Bucket=bucket, Prefix=f"{KEY}/.geosr/blocks/").get("KeyCount", 0)
+
+
+@pytest.mark.parametrize("down_s", [2.0, 12.0])
+def test_s3_server_restarted_mid_write(down_s, s3, scene, clean_store):
+    client = s3.server.client()
+    client.create_bucket(Bucket="geosr")
+    out = f"s3://geosr/{KEY}"
+    args = ["run", scene, out, *SET, "--endpoint-url", s3.endpoint_url, "--set", 'storage.region="us-east-1"',
+            "--no-progress"]
+    proc = start_cli(*args)
+    wait_for(lambda: _s3_markers(client, "geosr") >= 3, "3 block markers on S3", proc=proc)
+
+    def restart() -> None:
+        import time
+
+        s3.stop()
+        time.sleep(down_s)
+        s3.start()
+
+    t, errors = in_thread(restart)
+    stdout, stderr = proc.communicate(timeout=300)
+    t.join(120)
+    assert not errors, errors
+    print(f"S3 down {down_s} s mid-write: geosr run exit code {proc.returncode}; {stderr.strip()[-300:]}")
+    if proc.returncode != 0:  # the outage outlasted the retries: one clear line, then a clean resume
+        line = one_line_error(stderr)
+        assert out.split("/")[2] in line or "geosr" in line, line
+        again = cli(*args)
+        assert again.returncode == 0, again.stderr[-3000:]
+        assert again.stdout.startswith("resumed:"), again.stdout
+    elif down_s > 10:
+        pytest.fail(f"a {down_s} s outage cannot be ridden out by the retries; stdout: {stdout}")
+    assert_identical(s3_output_files(client, "geosr", KEY), output_files(clean_store))
+    keys = [o["Key"] for o in client.list_objects_v2(Bucket="geosr").get("Contents", [])]
+    assert not [k for k in keys if "lease" in k or ".tmp-" in k], keys
