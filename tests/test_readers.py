@@ -255,8 +255,6 @@ def leftovers(root: Path) -> list[str]:
     return sorted(set(found))
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="geosr/orchestration/lease.py leaves <scene>.lease.json.guard beside the store "
-                                       "(being refactored on another branch); drop this mark once it no longer does")
 def test_a_finished_run_under_the_scene_lease_leaves_no_lock_or_lease_files(scene, tmp_path):
     from geosr.orchestration.cluster import ClusterSpec, dask_client
     from geosr.orchestration.jobs import LeaseOptions, SceneJob, run_scene_job
