@@ -292,10 +292,13 @@ def test_bundled_model_is_small_loads_by_default_and_is_consistent():
     d = bundled_dir()
     size = sum(p.stat().st_size for p in d.iterdir())
     assert size <= 25 * 2**20
-    assert sorted(p.name for p in d.iterdir()) == ["autoencoder.safetensors", "config.json", "denoiser.safetensors"]
+    assert sorted(p.name for p in d.iterdir()) == ["MODEL_CARD.md", "autoencoder.safetensors", "config.json",
+                                                   "denoiser.safetensors", "mean.safetensors"]
     up = build_upsampler("ldm", scale=4, device="cpu", bands=4, seed=0)
     cfg = json.loads((d / "config.json").read_text())
-    assert up.options.steps == cfg["sampling"]["steps"] and cfg["trained"]["files"] == ["rgbn.tif"]
+    assert up.options.steps == cfg["sampling"]["steps"] and up.options.diffusion == cfg["sampling"]["diffusion"]
+    # trained on the corpus' training scenes only: no held-out scene in its training set
+    assert cfg["trained"]["train_scenes"] and not set(cfg["trained"]["train_scenes"]) & set(cfg["trained"]["heldout_scenes"])
     b = _batch(scene(40, 40), [(0, 0), (8, 8)], 32, seed=1)
     y = up(b)
     for i in range(2):

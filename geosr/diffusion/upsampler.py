@@ -10,6 +10,8 @@ Registered as ``ldm``. ``model.params`` (config) -> :func:`build` keywords:
 ``fuse``         MultiDiffusion latent fusion of overlapping tiles within a batch (default false)
 ``operator``     ``average`` (block mean, exact projection) or ``gaussian`` (blur + decimation, IBP)
 ``projection``   enforce LR consistency (default true); ``projection_iterations`` (default 3)
+``diffusion``    false: the mean predictor's estimate alone (models with a mean predictor; the bundled model
+                 recommends it — see its MODEL_CARD.md)
 ``dtype``        auto / float32 / bfloat16 / float16 (autocast on CUDA only; CPU is always float32)
 ``channels_last``, ``compile``  CUDA speed options
 """
@@ -105,10 +107,11 @@ class LatentDiffusionUpsampler:
 
     def sample_with_std(self, batch: TileBatch, n: int) -> tuple[np.ndarray, np.ndarray]:
         """Mean and per-pixel standard deviation over ``n`` independent samples (each position-keyed, so
-        still seamless). Sampling is made stochastic (eta=1 if it was 0) so that samples differ."""
+        still seamless). Sampling is made stochastic (eta=1 if it was 0, and the diffusion stage on even where
+        the model recommends the mean predictor alone) so that samples differ."""
         if n < 1:
             raise ConfigError(f"n={n}: need at least one sample")
-        opts = self.options if self.options.eta > 0 else SamplingOptions(**{**asdict(self.options), "eta": 1.0})
+        opts = SamplingOptions(**{**asdict(self.options), "eta": self.options.eta or 1.0, "diffusion": True})
         acc = np.zeros((len(batch), self.bands, batch.pixels.shape[2] * self.scale,
                         batch.pixels.shape[3] * self.scale), dtype=np.float64)
         acc2 = np.zeros_like(acc)
