@@ -86,12 +86,19 @@ def upsample_block(grid: TileGrid, block: Block, window: np.ndarray, origin: tup
     if out is None:
         out = np.empty((bands, h, w), dtype=np.float32)
     dx = block.x0 - lx0 * s
+    aligned = dx == 0 and w == (lx1 - lx0) * s
     for a in range(ly0, ly1, BAND_ROWS):
         b = min(a + BAND_ROWS, ly1)
-        up = upsample_window(window, rows[a - ly0 : b - ly0 + 2 * pad], cols, s, kind)
         y0, y1 = max(a * s, block.y0), min(b * s, block.y1)
+        dst = out[:, y0 - block.y0 : y1 - block.y0]
+        band_rows = rows[a - ly0 : b - ly0 + 2 * pad]
+        if aligned and y0 == a * s and y1 == b * s:  # straight into the block (the usual case)
+            upsample_window(window, band_rows, cols, s, kind, out=dst)
+        else:
+            up = upsample_window(window, band_rows, cols, s, kind)
+            dst[...] = up[:, y0 - a * s : y1 - a * s, dx : dx + w]
         # + 0.0: the tiled blend returns ref + (exact zero), which turns a -0.0 into +0.0
-        np.add(up[:, y0 - a * s : y1 - a * s, dx : dx + w], np.float32(0.0), out=out[:, y0 - block.y0 : y1 - block.y0])
+        np.add(dst, np.float32(0.0), out=dst)
     before, after = margins(s, kind)
     exact_y = exact_positions(grid.y_origins, grid.tile, s, grid.height, before, after, block.y0, block.y1)
     exact_x = exact_positions(grid.x_origins, grid.tile, s, grid.width, before, after, block.x0, block.x1)
@@ -107,16 +114,28 @@ def upsample_block(grid: TileGrid, block: Block, window: np.ndarray, origin: tup
 def blend_region(grid: TileGrid, region: Block, window: np.ndarray, origin: tuple[int, int], kind: str,
                  ramp: str) -> np.ndarray:
     """The tiled path's blend over ``region`` (any output rectangle), upsampling only the part of each
-    tile that reaches it (each tile's own mirrored edges, as when the whole tile is upsampled)."""
+    tile that reaches it (each tile's own mirrored edges, as when the whole tile is upsampled).
+
+    One upsampling call per row of tiles: the column-index arrays of the row's tiles (each with its own
+    padding) are laid end to end, so every tile's samples come out in their own segment, computed from
+    their own taps (samples straddling two segments are computed and dropped)."""
     s, pad, t = grid.scale, pad_width(kind), grid.tile
     r0, c0 = origin
     blender = BlockBlender(grid, region, window.shape[0], ramp)
-    for ky, kx in grid.tiles_touching((region.y0, region.y1), (region.x0, region.x1)):
-        ty, tx = blender.needs(ky, kx)  # type: ignore[misc]  # tiles_touching only yields tiles that reach it
-        oy, ox = grid.origin(ky, kx)
+    keys = grid.tiles_touching((region.y0, region.y1), (region.x0, region.x1))
+    for ky in sorted({k[0] for k in keys}):
+        row = [kx for y, kx in keys if y == ky]
+        ty, _ = blender.needs(ky, row[0])  # type: ignore[misc]  # tiles_touching only yields tiles that reach it
         jy0, jy1 = ty.start // s, -(-ty.stop // s)
-        jx0, jx1 = tx.start // s, -(-tx.stop // s)
-        ri = mirror_indices(jy0 - pad, jy1 + pad, t) + (oy - r0)
-        ci = mirror_indices(jx0 - pad, jx1 + pad, t) + (ox - c0)
-        blender.add(ky, kx, upsample_window(window, ri, ci, s, kind), origin=(jy0 * s, jx0 * s))
+        ri = mirror_indices(jy0 - pad, jy1 + pad, t) + (grid.y_origins[ky] - r0)
+        segments, starts, at = [], [], 0
+        for kx in row:
+            _, tx = blender.needs(ky, kx)  # type: ignore[misc]
+            jx0, jx1 = tx.start // s, -(-tx.stop // s)
+            segments.append(mirror_indices(jx0 - pad, jx1 + pad, t) + (grid.x_origins[kx] - c0))
+            starts.append((at, jx0))
+            at += jx1 - jx0 + 2 * pad
+        up = upsample_window(window, ri, np.concatenate(segments), s, kind)
+        for kx, (at, jx0) in zip(row, starts):
+            blender.add(ky, kx, up[:, :, at * s :], origin=(jy0 * s, jx0 * s))
     return blender.result()

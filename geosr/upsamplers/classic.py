@@ -102,7 +102,8 @@ def resample_padded(padded: np.ndarray, axis: int, n: int, scale: int, kind: str
     shape = list(padded.shape)
     shape[axis] = n
     lead = (slice(None),) * axis
-    view = out.reshape(shape[: axis + 1] + [scale] + shape[axis + 1 :])
+    view = out.view()
+    view.shape = shape[: axis + 1] + [scale] + shape[axis + 1 :]  # raises rather than copy (``out`` may be a view)
     acc = np.empty(shape, dtype=np.float32)
     tmp = np.empty(shape, dtype=np.float32)
     for p, (first, weights) in enumerate(phases):
@@ -122,20 +123,24 @@ def pad_width(kind: str) -> int:
     return 0 if kind == "nearest" else KERNELS[kind][1]
 
 
-def upsample_window(src: np.ndarray, rows: np.ndarray, cols: np.ndarray, scale: int, kind: str) -> np.ndarray:
+def upsample_window(src: np.ndarray, rows: np.ndarray, cols: np.ndarray, scale: int, kind: str,
+                    out: np.ndarray | None = None) -> np.ndarray:
     """Upsample the samples of ``src`` (C, H, W) float32 picked by the index arrays ``rows`` and ``cols``
     (each ``n + 2 * pad_width(kind)`` long: the samples plus their padding, mirrored or real) -> (C,
-    n_rows * scale, n_cols * scale) float32. Columns first, then rows, as every tile is upsampled on CPU,
-    so an output sample is the same bits in any window whose picked samples around it are the same."""
-    if kind == "nearest":
-        return src[:, rows][:, :, cols].repeat(scale, axis=1).repeat(scale, axis=2)
-    support = pad_width(kind)
-    ny, nx = rows.size - 2 * support, cols.size - 2 * support
+    n_rows * scale, n_cols * scale) float32, into ``out`` if given. Columns first, then rows, as every
+    tile is upsampled on CPU, so an output sample is the same bits in any window whose picked samples
+    around it are the same."""
+    pad = pad_width(kind)
+    ny, nx = rows.size - 2 * pad, cols.size - 2 * pad
     x = src[:, rows][:, :, cols]
     c = x.shape[0]
+    if out is None:
+        out = np.empty((c, ny * scale, nx * scale), dtype=np.float32)
+    if kind == "nearest":
+        out[...] = x.repeat(scale, axis=1).repeat(scale, axis=2)
+        return out
     mid = np.empty((c, rows.size, nx * scale), dtype=np.float32)
     resample_padded(x, 2, nx, scale, kind, mid)
-    out = np.empty((c, ny * scale, nx * scale), dtype=np.float32)
     resample_padded(mid, 1, ny, scale, kind, out)
     return out
 
