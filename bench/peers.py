@@ -133,7 +133,7 @@ def disk_bytes(path: Path) -> int:
 
 
 def measure(kind: str, inp: Path, out: Path, a) -> dict:
-    cmd = [sys.executable, __file__, "--child", kind, str(inp), str(out), "--scale", str(a.scale),
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", kind, str(inp), str(out), "--scale", str(a.scale),
            "--chunk", str(a.chunk), "--block", str(a.block)]
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     if r.returncode:
