@@ -3,8 +3,9 @@
 For each scene size (a synthetic but real-ish 4-band uint16 GeoTIFF, tiled, zstd; ``bench/core.py``'s
 ``make_scene``) and x4, each run in its own subprocess so peak RSS is its own, one after the other:
 
-* ``floor``: the I/O floor -- a windowed read of the input plus a write of an output-sized Zarr store with
-  geosr's codec, chunks and dtype (real geosr output bytes, so the compressor works as hard);
+* ``floor``: the I/O floor -- a windowed read of the input plus a write of the output's bytes (level 0 and
+  the overview levels blocks write) with geosr's codec, chunks and dtype (real geosr output bytes, so the
+  compressor works as hard; nothing computed);
 * ``geosr bicubic``: ``run_scene`` with the bicubic upsampler (Zarr + overviews + metrics + STAC);
 * ``GDAL cubic -> COG``: what ``gdalwarp -r cubic -tr <res/4> -of COG -co COMPRESS=ZSTD`` does, through
   rasterio's GDAL: a ``WarpedVRT`` at 4x resolution (cubic, 2 warp threads) copied by the COG driver

@@ -111,31 +111,42 @@ def upsample_block(grid: TileGrid, block: Block, window: np.ndarray, origin: tup
     return out
 
 
+def _segments(ranges: list[tuple[int, int, int]], pad: int, tile: int, offset: int) -> tuple[np.ndarray, list[int]]:
+    """Index arrays of several tiles' sample ranges ``(tile origin, j0, j1)``, each with its own mirrored
+    padding, laid end to end; and where each range's first output sample lands (in input samples)."""
+    parts, starts, at = [], [], 0
+    for o, j0, j1 in ranges:
+        parts.append(mirror_indices(j0 - pad, j1 + pad, tile) + (o - offset))
+        starts.append(at)
+        at += j1 - j0 + 2 * pad
+    return np.concatenate(parts), starts
+
+
 def blend_region(grid: TileGrid, region: Block, window: np.ndarray, origin: tuple[int, int], kind: str,
                  ramp: str) -> np.ndarray:
     """The tiled path's blend over ``region`` (any output rectangle), upsampling only the part of each
     tile that reaches it (each tile's own mirrored edges, as when the whole tile is upsampled).
 
-    One upsampling call per row of tiles: the column-index arrays of the row's tiles (each with its own
-    padding) are laid end to end, so every tile's samples come out in their own segment, computed from
-    their own taps (samples straddling two segments are computed and dropped)."""
+    One upsampling call for all of them: the row-index arrays of the region's rows of tiles (each with its
+    own padding) are laid end to end, and so are the column-index arrays of its columns of tiles, so tile
+    (ky, kx)'s samples come out in segment (ky, kx), computed from its own taps (samples straddling two
+    segments are computed and dropped)."""
     s, pad, t = grid.scale, pad_width(kind), grid.tile
-    r0, c0 = origin
     blender = BlockBlender(grid, region, window.shape[0], ramp)
     keys = grid.tiles_touching((region.y0, region.y1), (region.x0, region.x1))
-    for ky in sorted({k[0] for k in keys}):
-        row = [kx for y, kx in keys if y == ky]
-        ty, _ = blender.needs(ky, row[0])  # type: ignore[misc]  # tiles_touching only yields tiles that reach it
-        jy0, jy1 = ty.start // s, -(-ty.stop // s)
-        ri = mirror_indices(jy0 - pad, jy1 + pad, t) + (grid.y_origins[ky] - r0)
-        segments, starts, at = [], [], 0
-        for kx in row:
-            _, tx = blender.needs(ky, kx)  # type: ignore[misc]
-            jx0, jx1 = tx.start // s, -(-tx.stop // s)
-            segments.append(mirror_indices(jx0 - pad, jx1 + pad, t) + (grid.x_origins[kx] - c0))
-            starts.append((at, jx0))
-            at += jx1 - jx0 + 2 * pad
-        up = upsample_window(window, ri, np.concatenate(segments), s, kind)
-        for kx, (at, jx0) in zip(row, starts):
-            blender.add(ky, kx, up[:, :, at * s :], origin=(jy0 * s, jx0 * s))
+    ky0, kx0 = keys[0]
+    kys = sorted({k[0] for k in keys})
+    kxs = sorted({k[1] for k in keys})
+    need_y = [blender.needs(ky, kx0)[0] for ky in kys]  # type: ignore[index]  # every tile here reaches it
+    need_x = [blender.needs(ky0, kx)[1] for kx in kxs]  # type: ignore[index]
+    yr = [(grid.y_origins[ky], n.start // s, -(-n.stop // s)) for ky, n in zip(kys, need_y)]
+    xr = [(grid.x_origins[kx], n.start // s, -(-n.stop // s)) for kx, n in zip(kxs, need_x)]
+    rows, ystarts = _segments(yr, pad, t, origin[0])
+    cols, xstarts = _segments(xr, pad, t, origin[1])
+    up = upsample_window(window, rows, cols, s, kind)
+    at_y = dict(zip(kys, zip(ystarts, yr)))
+    at_x = dict(zip(kxs, zip(xstarts, xr)))
+    for ky, kx in keys:
+        (ay, (_, jy0, _)), (ax, (_, jx0, _)) = at_y[ky], at_x[kx]
+        blender.add(ky, kx, up[:, ay * s :, ax * s :], origin=(jy0 * s, jx0 * s))
     return blender.result()

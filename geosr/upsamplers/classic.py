@@ -104,8 +104,10 @@ def resample_padded(padded: np.ndarray, axis: int, n: int, scale: int, kind: str
     lead = (slice(None),) * axis
     view = out.view()
     view.shape = shape[: axis + 1] + [scale] + shape[axis + 1 :]  # raises rather than copy (``out`` may be a view)
-    acc = np.empty(shape, dtype=np.float32)
-    tmp = np.empty(shape, dtype=np.float32)
+    # the scratch takes the taps' memory layout, so a transposed (tall and narrow) window is walked along
+    # its long axis (see upsample_window)
+    acc = np.empty_like(padded[lead + (slice(0, n),)], dtype=np.float32)
+    tmp = np.empty_like(acc)
     for p, (first, weights) in enumerate(phases):
         for k, w in enumerate(weights):
             start = first + k + support
@@ -132,14 +134,26 @@ def upsample_window(src: np.ndarray, rows: np.ndarray, cols: np.ndarray, scale: 
     around it are the same."""
     pad = pad_width(kind)
     ny, nx = rows.size - 2 * pad, cols.size - 2 * pad
-    x = src[:, rows][:, :, cols]
+    if cols.size < rows.size:  # gather along the shorter list first: copy only what is used
+        x = np.take(np.take(src, cols, axis=2), rows, axis=1)
+    else:
+        x = np.take(np.take(src, rows, axis=1), cols, axis=2)
     c = x.shape[0]
+    # A tall, narrow window (a strip along a tile's side) is stored transposed, so numpy's inner loops run
+    # along its long side; the arithmetic is elementwise, so the layout never changes a bit of the result.
+    tall = cols.size * 4 < rows.size
+
+    def empty(h: int, w: int) -> np.ndarray:
+        return np.empty((c, w, h), dtype=np.float32).transpose(0, 2, 1) if tall else np.empty((c, h, w), np.float32)
+
+    if tall:
+        x = np.ascontiguousarray(x.transpose(0, 2, 1)).transpose(0, 2, 1)
     if out is None:
-        out = np.empty((c, ny * scale, nx * scale), dtype=np.float32)
+        out = empty(ny * scale, nx * scale)
     if kind == "nearest":
         out[...] = x.repeat(scale, axis=1).repeat(scale, axis=2)
         return out
-    mid = np.empty((c, rows.size, nx * scale), dtype=np.float32)
+    mid = empty(rows.size, nx * scale)
     resample_padded(x, 2, nx, scale, kind, mid)
     resample_padded(mid, 1, ny, scale, kind, out)
     return out
