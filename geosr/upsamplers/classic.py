@@ -1,9 +1,11 @@
-"""Non-learned upsamplers (nearest, bilinear, bicubic, lanczos) behind the Upsampler interface, in torch
-so they run on CPU or CUDA like the learned models. bilinear/bicubic (Keys, a=-0.5)/lanczos (3 lobes) are
-separable interpolation matrices with mirrored tile edges.
+"""Non-learned upsamplers (nearest, bilinear, bicubic, lanczos) behind the Upsampler interface: numpy on
+CPU, torch on CUDA. bilinear/bicubic (Keys, a=-0.5)/lanczos (3 lobes) are separable polyphase filters with
+mirrored tile edges.
 
-Each tile is processed on its own fixed-shape computation, so a tile's output never depends on which
-other tiles share its batch (the engine's partition invariance relies on this).
+Every output sample is the same elementwise float32 arithmetic on its taps, whatever window it is computed
+in (:func:`upsample_window`): a tile's output never depends on which other tiles share its batch (the
+engine's partition invariance), and a whole block window gives a tile's bits wherever the tile's taps are
+its own (the engine's window path, :mod:`geosr.separable`).
 """
 
 from __future__ import annotations
