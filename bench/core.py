@@ -3,9 +3,10 @@
 For each scene size it makes a synthetic 4-band uint16 GeoTIFF (tiled, zstd), then, each in its own
 subprocess so peak RSS is clean:
 
-* ``floor``: a plain windowed read of the whole input plus a write of an output-sized Zarr store with
-  the same codec, chunks, dtype and data (one real geosr output block written everywhere, so the
-  compressor works as hard as on the real output; no interpolation, blending or metrics);
+* ``floor``: a plain windowed read of the whole input plus a write of the output's bytes (level 0 and the
+  in-block overview levels) with the same codec, chunks, dtype and data (one real geosr output block and
+  its overviews written everywhere, so the compressor works as hard as on the real output; no
+  interpolation, blending, overview computation or metrics);
 * ``geosr``: ``geosr run`` with the bicubic upsampler (tiling, blending, encoding, ledger, overviews).
 
 Prints a table with output Mpx/s, the ratio to the floor, and peak RSS.
@@ -51,10 +52,18 @@ def make_scene(path: Path, n: int, seed: int = 0) -> None:
                 dst.write(block[:, :h, :w].astype(np.uint16), window=((r, r + h), (c, c + w)))
 
 
+def cpu_seconds() -> float:
+    """CPU seconds of this process so far, all threads."""
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
+
+
 def floor_run(inp: str, out: str, scale: int, chunk: int, block: int, workers: int) -> dict:
-    """The I/O floor: a windowed read of the whole input plus a write of an output-sized store with the
-    same codec, chunks, dtype and data statistics as geosr's (every block writes one real geosr output
-    block, computed before the clock starts, so compression costs what it costs on real output)."""
+    """The I/O floor: a windowed read of the whole input plus a write of the output's bytes -- level 0 and
+    the overview levels a block writes -- with the same codec, chunks, dtype and data statistics as geosr's
+    (every block writes one real geosr output block and its overviews, computed before the clock starts,
+    so compression costs what it costs on real output). No tiling, upsampling, blending, encoding,
+    overview computation, metrics, ledger or metadata."""
     from concurrent.futures import ThreadPoolExecutor
 
     import rasterio
@@ -65,6 +74,7 @@ def floor_run(inp: str, out: str, scale: int, chunk: int, block: int, workers: i
     from geosr.io.storage import StorageEnv
     from geosr.store import ZarrOutput
     from geosr.store.encode import encode
+    from geosr.store.overviews import block_pyramid
 
     cfg = load_config(None, {"tiling.scale": scale, "tiling.chunk": chunk, "tiling.block": block,
                              "model.name": "bicubic", "model.device": "cpu"})
@@ -77,18 +87,24 @@ def floor_run(inp: str, out: str, scale: int, chunk: int, block: int, workers: i
     data, valid = blend_block(plan, bi, upsample_tiles(up, bi, 0))
     real = encode(data, valid, cfg.output.dtype)  # one real output block, encoded
     del data, valid, bi
-    arr = ZarrOutput.create(out, plan.output_spec(), StorageEnv(), "floor", overwrite=True)._array(0)
+    store = ZarrOutput.create(out, plan.output_spec(), StorageEnv(), "floor", overwrite=True)
+    spec = store.spec
+    levels = [(lv, store._array(lv.index), raw) for lv, raw in block_pyramid(real, store.levels, spec.dtype)]
+    arr = store._array(0)
     h, w = src.meta.height, src.meta.width
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), cpu_seconds()
 
     def one(b):
         with rasterio.open(inp) as s:
             s.read(window=((b.y0 // scale, -(-b.y1 // scale)), (b.x0 // scale, -(-b.x1 // scale))))
         arr[:, b.y0 : b.y1, b.x0 : b.x1] = real[:, : b.y1 - b.y0, : b.x1 - b.x0]
+        for lv, level_arr, raw in levels:
+            rows, cols = lv.region(spec, b.y0, b.y1, b.x0, b.x1)
+            level_arr[:, rows, cols] = raw[:, : rows.stop - rows.start, : cols.stop - cols.start]
 
     with ThreadPoolExecutor(workers) as pool:
         list(pool.map(one, blocks))
-    return {"seconds": time.perf_counter() - t0, "out_px": h * w * scale * scale}
+    return {"seconds": time.perf_counter() - t0, "cpu_s": cpu_seconds() - c0, "out_px": h * w * scale * scale}
 
 
 def geosr_run(inp: str, out: str, scale: int, chunk: int, block: int, workers: int) -> dict:
@@ -97,9 +113,10 @@ def geosr_run(inp: str, out: str, scale: int, chunk: int, block: int, workers: i
 
     cfg = load_config(None, {"tiling.scale": scale, "tiling.chunk": chunk, "tiling.block": block,
                              "workers": workers, "model.name": "bicubic", "model.device": "cpu"})
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), cpu_seconds()
     rep = run_scene(inp, out, cfg, overwrite=True)
-    return {"seconds": time.perf_counter() - t0, "out_px": rep.out_pixels, "seam": rep.metrics.get("seam_metric"),
+    return {"seconds": time.perf_counter() - t0, "cpu_s": cpu_seconds() - c0, "out_px": rep.out_pixels,
+            "seam": rep.metrics.get("seam_metric"),
             "lr_l1": rep.metrics.get("lr_l1")}
 
 

@@ -47,8 +47,15 @@ class BlockBlender:
             slice(x0 - ox, x1 - ox),
         )
 
-    def add(self, ky: int, kx: int, tile: np.ndarray) -> None:
-        """Blend one upsampled tile ``(bands, out_tile, out_tile)`` float32 into the block."""
+    def needs(self, ky: int, kx: int) -> tuple[slice, slice] | None:
+        """The tile-local output (rows, cols) of tile (ky, kx) that fall in the block, or None."""
+        sl = self._slices(ky, kx)
+        return None if sl is None else sl[2:]
+
+    def add(self, ky: int, kx: int, tile: np.ndarray, origin: tuple[int, int] = (0, 0)) -> None:
+        """Blend one upsampled tile into the block: ``tile`` is the whole tile ``(bands, out_tile,
+        out_tile)`` float32, or any part of it holding :meth:`needs` whose top-left pixel is the tile's
+        output pixel ``origin``."""
         idx = self.grid.tile_index(ky, kx)
         if idx <= self._last:
             raise ValueError(f"tiles must be added in increasing global order; got {idx} after {self._last}")
@@ -57,7 +64,8 @@ class BlockBlender:
         if sl is None:
             return
         by, bx, ty, tx = sl
-        t = tile[:, ty, tx]
+        oy, ox = origin
+        t = tile[:, ty.start - oy : ty.stop - oy, tx.start - ox : tx.stop - ox]
         if t.dtype != np.float32:
             t = t.astype(np.float32)
         covered = self._covered[by, bx]

@@ -16,6 +16,7 @@ import os
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
+from functools import cached_property
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterable, Iterator
 
@@ -33,6 +34,10 @@ from .metrics import ConsistencyAccumulator, SeamAccumulator, degrade, tile_boun
 from .store import OutputSpec, ZarrOutput, store_status
 from .upsamplers import TileBatch, Upsampler, build_upsampler, require_sampling
 from .upsamplers.base import check_samples
+from .upsamplers.classic import KINDS as CLASSIC_KINDS
+from .upsamplers.classic import ClassicUpsampler
+from . import separable
+from .scratch import buffer
 
 log = logging.getLogger(__name__)
 
@@ -97,15 +102,78 @@ class ScenePlan:
 
 @dataclass(frozen=True)
 class BlockInput:
-    """What a block needs from the input: its tiles (nodata filled per tile) and its own low-res pixels."""
+    """What a block needs from the input: the low-res window its tiles cover, read once.
+
+    The tiles (nodata filled per tile) are cut from the window when first asked for (``pixels``,
+    ``origins``, ``skip``), so a model that does not need them (the classic kernels' window path,
+    :mod:`geosr.separable`) never pays for them; :func:`read_block` cuts them at once for other models.
+    Picklable (what was cut travels with it)."""
 
     block: Block
-    keys: tuple[tuple[int, int], ...]  # (ky, kx) of each tile, global order
-    pixels: np.ndarray  # (N, C, T, T) float32; tiles with no valid pixel are excluded (see ``skip``)
-    origins: np.ndarray  # (N, 2) int64
-    skip: tuple[bool, ...]  # per key: True when the tile has no valid pixel (output is nodata anyway)
-    lowres: np.ndarray  # (C, h, w) the block's own low-res footprint, for consistency metrics
-    lowres_valid: np.ndarray  # (h, w)
+    keys: tuple[tuple[int, int], ...]  # (ky, kx) of each tile touching the block, global order
+    grid: TileGrid
+    window: np.ndarray  # (C, wh, ww) float32 reflectance of the read window
+    window_valid: np.ndarray  # (wh, ww) bool
+    window_origin: tuple[int, int]  # scene (row, col) of the window's top-left pixel
+
+    @cached_property
+    def _tiles(self) -> tuple[np.ndarray, np.ndarray, tuple[bool, ...]]:
+        g = self.grid
+        r0, c0 = self.window_origin
+        tiles, origins, skip = [], [], []
+        for ky, kx in self.keys:
+            oy, ox = g.origin(ky, kx)
+            ri = mirror_indices(oy, oy + g.tile, g.height) - r0
+            ci = mirror_indices(ox, ox + g.tile, g.width) - c0
+            v = self.window_valid[np.ix_(ri, ci)]
+            if not v.any():
+                skip.append(True)
+                continue
+            skip.append(False)
+            tiles.append(fill_nodata(self.window[:, ri][:, :, ci], v))
+            origins.append((oy, ox))
+        bands = self.window.shape[0]
+        pixels = (np.stack(tiles).astype(np.float32, copy=False) if tiles
+                  else np.zeros((0, bands, g.tile, g.tile), np.float32))
+        return pixels, np.asarray(origins, dtype=np.int64).reshape(-1, 2), tuple(skip)
+
+    @property
+    def pixels(self) -> np.ndarray:
+        """(N, C, T, T) float32 tiles; tiles with no valid pixel are excluded (see ``skip``)."""
+        return self._tiles[0]
+
+    @property
+    def origins(self) -> np.ndarray:
+        """(N, 2) int64 low-res origin of each tile in ``pixels``."""
+        return self._tiles[1]
+
+    @property
+    def skip(self) -> tuple[bool, ...]:
+        """Per key: True when the tile has no valid pixel (its output is nodata anyway)."""
+        return self._tiles[2]
+
+    @property
+    def tiles_skipped(self) -> int:
+        """How many of ``keys`` have no valid pixel (without cutting the tiles when the window is all valid)."""
+        if "_tiles" not in self.__dict__ and self.window_valid.all():
+            return 0
+        return int(sum(self.skip))
+
+    def _own(self) -> tuple[slice, slice]:
+        s, b = self.grid.scale, self.block
+        r0, c0 = self.window_origin
+        return (slice(b.y0 // s - r0, math.ceil(b.y1 / s) - r0), slice(b.x0 // s - c0, math.ceil(b.x1 / s) - c0))
+
+    @property
+    def lowres(self) -> np.ndarray:
+        """(C, h, w) the block's own low-res footprint, for consistency metrics."""
+        rows, cols = self._own()
+        return self.window[:, rows, cols]
+
+    @property
+    def lowres_valid(self) -> np.ndarray:
+        rows, cols = self._own()
+        return self.window_valid[rows, cols]
 
 
 def fill_nodata(tile: np.ndarray, valid: np.ndarray) -> np.ndarray:
@@ -118,37 +186,15 @@ def fill_nodata(tile: np.ndarray, valid: np.ndarray) -> np.ndarray:
 
 
 def read_block(plan: ScenePlan, block: Block, source: RasterSource) -> BlockInput:
-    """Read the block's low-res window once and cut its tiles on the global grid."""
-    g, bg = plan.grid, plan.blocks
+    """Read the block's low-res window once. Its tiles are cut at once unless the model is a classic kernel
+    (which can skip them, :mod:`geosr.separable`), so an orchestrator's read step does that work."""
+    bg = plan.blocks
     (r0, r1), (c0, c1) = bg.read_window(block)
     data, valid = source.read((r0, r1), (c0, c1))
-    keys = tuple(bg.tiles(block))
-    tiles, origins, skip = [], [], []
-    for ky, kx in keys:
-        oy, ox = g.origin(ky, kx)
-        ri = mirror_indices(oy, oy + g.tile, g.height) - r0
-        ci = mirror_indices(ox, ox + g.tile, g.width) - c0
-        v = valid[np.ix_(ri, ci)]
-        if not v.any():
-            skip.append(True)
-            continue
-        skip.append(False)
-        tiles.append(fill_nodata(data[:, ri][:, :, ci], v))
-        origins.append((oy, ox))
-    s = g.scale
-    ly0, ly1 = block.y0 // s, math.ceil(block.y1 / s)
-    lx0, lx1 = block.x0 // s, math.ceil(block.x1 / s)
-    bands = data.shape[0]
-    pixels = np.stack(tiles).astype(np.float32, copy=False) if tiles else np.zeros((0, bands, g.tile, g.tile), np.float32)
-    return BlockInput(
-        block=block,
-        keys=keys,
-        pixels=pixels,
-        origins=np.asarray(origins, dtype=np.int64).reshape(-1, 2),
-        skip=tuple(skip),
-        lowres=data[:, ly0 - r0 : ly1 - r0, lx0 - c0 : lx1 - c0],
-        lowres_valid=valid[ly0 - r0 : ly1 - r0, lx0 - c0 : lx1 - c0],
-    )
+    inp = BlockInput(block, tuple(bg.tiles(block)), plan.grid, data.astype(np.float32, copy=False), valid, (r0, c0))
+    if plan.config.model.name not in CLASSIC_KINDS:
+        inp.pixels  # noqa: B018  (cut the tiles now)
+    return inp
 
 
 def upsample_tiles(upsampler: Upsampler, inp: BlockInput, seed: int) -> Iterable[np.ndarray]:
@@ -179,7 +225,7 @@ def _blend_streams(plan: ScenePlan, inp: BlockInput, outputs: Iterable[Any], str
     order. ``outputs`` yields one tile per computed key (``streams == 1``) or a tuple of ``streams``
     tiles; skipped keys (no valid pixel) blend zeros, which only ever reach nodata pixels."""
     g = plan.grid
-    bands = inp.pixels.shape[1] if inp.pixels.size else inp.lowres.shape[0]
+    bands = inp.window.shape[0]
     blenders = [BlockBlender(g, inp.block, bands, plan.config.tiling.ramp) for _ in range(streams)]
     it = iter(outputs)
     zero = None
@@ -248,7 +294,7 @@ def block_stats(plan: ScenePlan, inp: BlockInput, data: np.ndarray, valid: np.nd
     the block's done marker."""
     g, b = plan.grid, inp.block
     s = g.scale
-    stats: dict[str, Any] = {"tiles": len(inp.keys), "tiles_skipped": int(sum(inp.skip))}
+    stats: dict[str, Any] = {"tiles": len(inp.keys), "tiles_skipped": inp.tiles_skipped}
     if b.y0 % s == 0 and b.x0 % s == 0 and data.shape[1] % s == 0 and data.shape[2] % s == 0:
         cons = ConsistencyAccumulator()
         cons.add(degrade(data, s), inp.lowres, inp.lowres_valid)
@@ -256,7 +302,7 @@ def block_stats(plan: ScenePlan, inp: BlockInput, data: np.ndarray, valid: np.nd
     seam = SeamAccumulator()
     by = tile_boundaries(g.y_origins, g.tile, s, g.height)
     bx = tile_boundaries(g.x_origins, g.tile, s, g.width)
-    seam.add(data.mean(axis=0), by, bx, valid, y0=b.y0, x0=b.x0, period=s)
+    seam.add(data, by, bx, valid, y0=b.y0, x0=b.x0, period=s, band_mean=True)
     stats["seam"] = [seam.seam_sum, seam.seam_n, seam.inner_sum, seam.inner_n]
     if std is not None:
         ok = valid[None] & np.isfinite(std)
@@ -264,18 +310,48 @@ def block_stats(plan: ScenePlan, inp: BlockInput, data: np.ndarray, valid: np.nd
     return stats
 
 
+def window_upsample(plan: ScenePlan, inp: BlockInput, upsampler: Upsampler,
+                    out: np.ndarray | None = None) -> np.ndarray | None:
+    """The block's blended output straight from its window (:mod:`geosr.separable`) when the model is a
+    classic kernel on CPU and the window allows it; None means: use the tiles. Same bytes either way."""
+    if not (isinstance(upsampler, ClassicUpsampler) and upsampler.device == "cpu"):
+        return None
+    if not separable.applies(plan.grid, inp.window, inp.window_valid):
+        return None
+    return separable.upsample_block(plan.grid, inp.block, inp.window, inp.window_origin, upsampler.kind,
+                                    plan.config.tiling.ramp, out=out)
+
+
+TileStream = Callable[[], Iterable[Any]]
+
+
+def super_resolve_block(plan: ScenePlan, inp: BlockInput, upsampler: Upsampler, tiles: TileStream | None = None,
+                        out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """Upsample and blend one block: (data (C,h,w) float32, std (C,h,w) or None, valid (h,w)).
+
+    ``tiles`` makes the upsampled tile stream when the tiles are needed (default: :func:`upsample_tiles`,
+    or :func:`upsample_tiles_with_std` when ``output.uncertainty_samples``); an orchestrator passes its own
+    (batched, OOM-adaptive). The classic kernels on CPU skip the tiles (:func:`window_upsample`, which
+    writes into ``out`` when given: a reused per-thread buffer, :func:`geosr.scratch.buffer`)."""
+    seed, samples = plan.config.model.seed, plan.config.output.uncertainty_samples
+    if samples:
+        stream = tiles() if tiles else upsample_tiles_with_std(upsampler, inp, seed, samples)
+        return blend_block_with_std(plan, inp, stream, upsampler)
+    data = window_upsample(plan, inp, upsampler, out)
+    if data is not None:
+        return data, None, _block_valid(plan, inp)
+    data, valid = blend_block(plan, inp, tiles() if tiles else upsample_tiles(upsampler, inp, seed), upsampler)
+    return data, None, valid
+
+
 def process_block(plan: ScenePlan, block: Block, source: RasterSource, upsampler: Upsampler,
                   output: ZarrOutput) -> dict[str, Any]:
     """Read, upsample, blend, write and mark one block done. Returns its stats."""
     t0 = time.perf_counter()
     inp = read_block(plan, block, source)
-    seed, samples = plan.config.model.seed, plan.config.output.uncertainty_samples
-    std = None
-    if samples:
-        data, std, valid = blend_block_with_std(plan, inp, upsample_tiles_with_std(upsampler, inp, seed, samples),
-                                                upsampler)
-    else:
-        data, valid = blend_block(plan, inp, upsample_tiles(upsampler, inp, seed), upsampler)
+    bands = inp.window.shape[0]
+    data, std, valid = super_resolve_block(plan, inp, upsampler,
+                                           out=buffer("block", (bands, *block.shape), np.float32))
     stats = block_stats(plan, inp, data, valid, std)
     output.write_block(block, data, valid, std=std)
     stats["seconds"] = round(time.perf_counter() - t0, 4)

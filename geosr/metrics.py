@@ -52,8 +52,10 @@ class SeamAccumulator:
 
     def add(self, img: np.ndarray, bounds_y: Iterable[int], bounds_x: Iterable[int],
             valid: np.ndarray | None = None, y0: int = 0, x0: int = 0, strip: int = 512,
-            period: int = 1) -> None:
+            period: int = 1, band_mean: bool = False) -> None:
         """Add one image region whose top-left output pixel is (y0, x0); boundaries are global.
+        ``band_mean``: ``img`` is (C, H, W) and its mean over bands is what is measured (taken strip by
+        strip, the same values as ``img.mean(axis=0)`` without a full-size copy).
 
         ``period``: compare boundary lines only with inner lines of the same phase (global position a
         multiple of ``period``). Pass the upscaling factor: tile boundaries fall between low-res pixels,
@@ -63,12 +65,14 @@ class SeamAccumulator:
         a = a[None] if a.ndim == 2 else a
         by, bx = list(bounds_y), list(bounds_x)
         h = a.shape[1]
+        part = (lambda r0, r1: a[:, r0:r1].mean(axis=0)[None]) if band_mean else (lambda r0, r1: a[:, r0:r1])
         for s in range(0, h, strip):
             e = min(s + strip, h)
-            self._axis(a[:, s:e], None if valid is None else valid[s:e], 2, bx, x0, period)
             lo = max(s - 1, 0)  # row pairs (lo, lo+1) .. (e-2, e-1): each pair counted once
+            rows = part(lo, e)
+            self._axis(rows[:, s - lo :], None if valid is None else valid[s:e], 2, bx, x0, period)
             if e - lo > 1:
-                self._axis(a[:, lo:e], None if valid is None else valid[lo:e], 1, by, y0 + lo, period)
+                self._axis(rows, None if valid is None else valid[lo:e], 1, by, y0 + lo, period)
 
     def _axis(self, a: np.ndarray, valid: np.ndarray | None, axis: int, bounds: list[int], off: int,
               period: int) -> None:
@@ -78,13 +82,17 @@ class SeamAccumulator:
             return
         d = ((np.take(a, pairs + 1, axis=axis).astype(np.float32, copy=False)
               - np.take(a, pairs, axis=axis)) ** 2).sum(axis=0)
-        if valid is not None:
-            vax = axis - 1
-            v = np.take(valid, pairs + 1, axis=vax) & np.take(valid, pairs, axis=vax)
-        else:
-            v = np.ones(d.shape, dtype=bool)
-        lines = set(b - off - 1 for b in bounds)
-        is_seam = np.fromiter((i in lines for i in pairs), dtype=bool, count=pairs.size)
+        is_seam = np.isin(pairs, np.asarray(bounds, dtype=np.int64) - off - 1)
+        if valid is None or valid.all():  # the common case: per-line sums, no masks
+            per_line = d.sum(axis=2 - axis, dtype=np.float64)  # one sum per compared line
+            across = d.shape[2 - axis]  # pixels along each line
+            self.seam_sum += float(per_line[is_seam].sum())
+            self.seam_n += int(is_seam.sum()) * across
+            self.inner_sum += float(per_line[~is_seam].sum())
+            self.inner_n += int((~is_seam).sum()) * across
+            return
+        vax = axis - 1
+        v = np.take(valid, pairs + 1, axis=vax) & np.take(valid, pairs, axis=vax)
         line = is_seam[:, None] if axis == 1 else is_seam[None, :]
         seam_mask, inner_mask = line & v, ~line & v
         self.seam_sum += float(d[seam_mask].sum(dtype=np.float64))
@@ -120,14 +128,19 @@ def degrade(img: np.ndarray, scale: int, operator: str = "average", sigma: float
         raise ValueError(f"image {h}x{w} is not a multiple of scale {scale}")
     if operator == "average":
         acc = np.float32 if a.dtype == np.float32 else np.float64  # float32 blocks: no float64 copy
-        cols = a[:, :, 0::scale].astype(acc)  # strided adds beat a reduction over a short inner axis
-        for k in range(1, scale):
-            cols += a[:, :, k::scale]
-        rows = cols[:, 0::scale].copy()
-        for k in range(1, scale):
-            rows += cols[:, k::scale]
-        rows /= acc(scale * scale)
-        return rows
+        out = np.empty((c, h // scale, w // scale), dtype=acc)
+        step = 32  # low-res rows per pass: the scratch stays in cache
+        for y in range(0, h // scale, step):
+            strip = a[:, y * scale : (y + step) * scale]
+            rows = strip[:, 0::scale].astype(acc)  # whole rows first: contiguous adds
+            for k in range(1, scale):
+                rows += strip[:, k::scale]
+            dst = out[:, y : y + step]
+            np.copyto(dst, rows[:, :, 0::scale])  # then strided adds on the 1/scale-size sum
+            for k in range(1, scale):
+                dst += rows[:, :, k::scale]
+        out /= acc(scale * scale)
+        return out
     if operator == "gaussian":
         s = 0.5 * scale if sigma is None else sigma
         blurred = ndimage.gaussian_filter(a, sigma=(0, s, s), mode="reflect")
@@ -149,16 +162,26 @@ class ConsistencyAccumulator:
     n: int = 0
 
     def add(self, degraded: np.ndarray, lowres: np.ndarray, valid: np.ndarray | None = None) -> None:
-        d, x = _chw(degraded).astype(np.float64, copy=False), _chw(lowres).astype(np.float64, copy=False)
-        l1 = np.abs(d - x).mean(axis=0)
-        dot = (d * x).sum(axis=0)
-        norm = np.sqrt((d * d).sum(axis=0) * (x * x).sum(axis=0))
-        cos = np.where(norm > 0, dot / np.where(norm > 0, norm, 1.0), 1.0)
-        ang = np.arccos(np.clip(cos, -1.0, 1.0))
-        m = np.ones(l1.shape, dtype=bool) if valid is None else valid
-        self.l1_sum += float(l1[m].sum())
-        self.angle_sum += float(ang[m].sum())
-        self.n += int(m.sum())
+        """Works in strips of rows, so its float64 scratch stays small (and in cache)."""
+        dd, xx = _chw(degraded), _chw(lowres)
+        step = 128
+        for y in range(0, dd.shape[1], step):
+            d = dd[:, y : y + step].astype(np.float64)
+            x = xx[:, y : y + step].astype(np.float64)
+            l1 = np.abs(d - x).mean(axis=0)
+            dot = (d * x).sum(axis=0)
+            norm = np.sqrt((d * d).sum(axis=0) * (x * x).sum(axis=0))
+            cos = np.where(norm > 0, dot / np.where(norm > 0, norm, 1.0), 1.0)
+            ang = np.arccos(np.clip(cos, -1.0, 1.0))
+            if valid is None:
+                self.l1_sum += float(l1.sum())
+                self.angle_sum += float(ang.sum())
+                self.n += int(l1.size)
+            else:
+                m = valid[y : y + step]
+                self.l1_sum += float(l1[m].sum())
+                self.angle_sum += float(ang[m].sum())
+                self.n += int(m.sum())
 
     def merge(self, other: "ConsistencyAccumulator") -> "ConsistencyAccumulator":
         return ConsistencyAccumulator(self.l1_sum + other.l1_sum, self.angle_sum + other.angle_sum, self.n + other.n)

@@ -26,28 +26,41 @@ def nodata(dtype: str) -> float | int:
     return UINT16_NODATA if dtype == "uint16" else float("nan")
 
 
-def encode(data: np.ndarray, valid: np.ndarray, dtype: str) -> np.ndarray:
-    """(C, h, w) float reflectance + (h, w) valid mask -> stored values of ``dtype``.
+ROWS = 64  # rows per pass: the float scratch of a strip stays in cache
 
-    Pixels that are not valid, or not finite, become nodata."""
+
+def encode(data: np.ndarray, valid: np.ndarray, dtype: str, out: np.ndarray | None = None) -> np.ndarray:
+    """(C, h, w) float reflectance + (h, w) valid mask -> stored values of ``dtype`` (into ``out`` if given).
+
+    Pixels that are not valid, or not finite, become nodata. Works in strips of rows, so the scratch
+    stays in cache and the mask work is skipped where a strip is all valid and finite."""
     if data.ndim != 3 or valid.shape != data.shape[1:]:
         raise ValueError(f"data must be (C, h, w) with a (h, w) valid mask; got {data.shape} and {valid.shape}")
-    out = np.empty(data.shape, dtype=dtype)
-    invalid = ~valid
-    scratch = np.empty(data.shape[1:], dtype=np.float32)
-    for i in range(data.shape[0]):  # one band at a time, in place: bounded scratch memory
-        band = data[i]
-        if dtype == "uint16":
-            # float32 arithmetic is exact enough here: |x * 1e4| < 2^24
-            np.multiply(band, np.float32(SCALE), out=scratch, casting="unsafe")
-            np.rint(scratch, out=scratch)
-            np.clip(scratch, 1, 65535, out=scratch)
-            bad = invalid | ~np.isfinite(band)
-            scratch[bad] = UINT16_NODATA
-            np.copyto(out[i], scratch, casting="unsafe")
-        else:
-            np.copyto(out[i], band, casting="unsafe")
-            out[i][invalid | ~np.isfinite(out[i])] = np.nan
+    if out is None:
+        out = np.empty(data.shape, dtype=dtype)
+    c, h, w = data.shape
+    scratch = np.empty((min(ROWS, h), w), dtype=np.float32)
+    fill = UINT16_NODATA if dtype == "uint16" else np.nan
+    for y0 in range(0, h, ROWS):
+        y1 = min(y0 + ROWS, h)
+        ok = valid[y0:y1]
+        all_valid = bool(ok.all())
+        for i in range(c):  # one band at a time, in place: bounded scratch memory
+            band, dst = data[i, y0:y1], out[i, y0:y1]
+            finite = bool(np.isfinite(band).all())
+            if dtype == "uint16":
+                # float32 arithmetic is exact enough here: |x * 1e4| < 2^24
+                s = scratch[: y1 - y0]
+                np.multiply(band, np.float32(SCALE), out=s, casting="unsafe")
+                np.rint(s, out=s)
+                np.clip(s, 1, 65535, out=s)
+                if not finite:
+                    s[~np.isfinite(s)] = UINT16_NODATA  # (no undefined float -> int casts)
+                np.copyto(dst, s, casting="unsafe")
+            else:
+                np.copyto(dst, band, casting="unsafe")
+            if not (all_valid and finite):
+                dst[~ok | ~np.isfinite(band)] = fill
     return out
 
 

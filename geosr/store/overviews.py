@@ -25,6 +25,7 @@ from .encode import UINT16_NODATA
 from .spec import OutputSpec
 
 SMALLEST_CHUNK = 256  # in-block levels stop when their chunk would fall below min(chunk, this)
+ROWS = 64  # output rows per pass of downsample2 (in cache)
 TAIL_WINDOW = 1024  # finalize writes tail levels in windows of about this many px (bounded memory)
 
 
@@ -92,16 +93,17 @@ def plan_levels(spec: OutputSpec) -> tuple[Level, ...]:
     return tuple(levels)
 
 
-def downsample2(raw: np.ndarray, dtype: str) -> np.ndarray:
+def downsample2(raw: np.ndarray, dtype: str, out: np.ndarray | None = None) -> np.ndarray:
     """(C, h, w) stored values -> (C, ceil(h/2), ceil(w/2)): mean of the valid pixels of each 2x2 cell.
 
     uint16: integer mean rounded half up (always within [1, 65535] when any pixel is valid), 0 when no
     pixel is valid. float32: mean in float64 cast to float32, NaN when no pixel is valid. The four
     terms are added in a fixed order, so the result does not depend on the array's extent or layout.
-    Works one band at a time to bound scratch memory."""
+    Works one band and a strip of rows at a time, to bound scratch memory and stay in cache."""
     c, h, w = raw.shape
     h2, w2 = math.ceil(h / 2), math.ceil(w / 2)
-    out = np.empty((c, h2, w2), dtype=np.uint16 if dtype == "uint16" else np.float32)
+    if out is None:
+        out = np.empty((c, h2, w2), dtype=np.uint16 if dtype == "uint16" else np.float32)
     fill = UINT16_NODATA if dtype == "uint16" else np.nan
     for b in range(c):
         band = raw[b]
@@ -109,8 +111,10 @@ def downsample2(raw: np.ndarray, dtype: str) -> np.ndarray:
             padded = np.full((2 * h2, 2 * w2), fill, dtype=raw.dtype)
             padded[:h, :w] = band
             band = padded
-        cells = (band[0::2, 0::2], band[0::2, 1::2], band[1::2, 0::2], band[1::2, 1::2])
-        out[b] = _mean_uint16(cells) if dtype == "uint16" else _mean_float(cells)
+        for y in range(0, h2, ROWS):
+            strip = band[2 * y : 2 * y + 2 * ROWS]
+            cells = (strip[0::2, 0::2], strip[0::2, 1::2], strip[1::2, 0::2], strip[1::2, 1::2])
+            out[b, y : y + ROWS] = _mean_uint16(cells) if dtype == "uint16" else _mean_float(cells)
     return out
 
 
@@ -145,13 +149,19 @@ def _mean_float(cells: tuple[np.ndarray, ...]) -> np.ndarray:
         return np.where(count > 0, total / count, np.nan).astype(np.float32)
 
 
-def block_pyramid(raw0: np.ndarray, levels: tuple[Level, ...], dtype: str) -> Iterator[tuple[Level, np.ndarray]]:
-    """Yield (level, stored values) for the in-block overview levels of a block whose level 0 is ``raw0``."""
+def block_pyramid(raw0: np.ndarray, levels: tuple[Level, ...], dtype: str,
+                  buffer: Callable[[str, tuple[int, ...], str], np.ndarray] | None = None
+                  ) -> Iterator[tuple[Level, np.ndarray]]:
+    """Yield (level, stored values) for the in-block overview levels of a block whose level 0 is ``raw0``.
+    ``buffer(name, shape, dtype)`` supplies each level's array (e.g. reused per thread,
+    :func:`geosr.scratch.buffer`); a level's array is only valid until the generator moves on."""
     raw = raw0
     for lv in levels[1:]:
         if not lv.in_block:
             return
-        raw = downsample2(raw, dtype)
+        c, h, w = raw.shape
+        shape = (c, math.ceil(h / 2), math.ceil(w / 2))
+        raw = downsample2(raw, dtype, out=buffer(f"overview{lv.index}", shape, dtype) if buffer else None)
         yield lv, raw
 
 

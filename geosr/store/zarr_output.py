@@ -26,6 +26,7 @@ import numpy as np
 from ..errors import OutputError, OutputExistsError
 from ..grid import Block
 from ..io.storage import StorageEnv
+from ..scratch import buffer
 from .backend import StoreLocation, storage_errors
 from .encode import encode, nodata, valid_mask
 from .ledger import Ledger
@@ -166,16 +167,17 @@ class ZarrOutput:
                                  "std= with the data, or the block would be marked done without it")
             if std.shape != data.shape:
                 raise ValueError(f"block {block.key}: std is {std.shape}, expected {data.shape} like the data")
-        raw = encode(data, valid, spec.dtype)
+        # per-thread buffers: the encoded block lives only inside this call (see geosr/scratch.py)
+        raw = encode(data, valid, spec.dtype, out=buffer("encoded", data.shape, spec.dtype))
         raw_std = None
         if std is not None:
-            raw_std = encode(std, valid, spec.dtype)
+            raw_std = encode(std, valid, spec.dtype, out=buffer("encoded_std", data.shape, spec.dtype))
             raw_std[~valid_mask(raw, spec.dtype)] = nodata(spec.dtype)  # nodata wherever the data is
         with storage_errors(self.uri, "write"):
             self._array(0)[:, block.y0:block.y1, block.x0:block.x1] = raw
             if raw_std is not None:
                 self._array(0, spec.std_variable)[:, block.y0:block.y1, block.x0:block.x1] = raw_std
-            for lv, level_raw in block_pyramid(raw, self.levels, spec.dtype):
+            for lv, level_raw in block_pyramid(raw, self.levels, spec.dtype, buffer):
                 rows, cols = lv.region(spec, block.y0, block.y1, block.x0, block.x1)
                 if level_raw.shape[1:] != (rows.stop - rows.start, cols.stop - cols.start):
                     raise AssertionError(f"level {lv.index} of block {block.key}: {level_raw.shape} vs {rows}, {cols}")

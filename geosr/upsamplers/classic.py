@@ -1,9 +1,11 @@
-"""Non-learned upsamplers (nearest, bilinear, bicubic, lanczos) behind the Upsampler interface, in torch
-so they run on CPU or CUDA like the learned models. bilinear/bicubic (Keys, a=-0.5)/lanczos (3 lobes) are
-separable interpolation matrices with mirrored tile edges.
+"""Non-learned upsamplers (nearest, bilinear, bicubic, lanczos) behind the Upsampler interface: numpy on
+CPU, torch on CUDA. bilinear/bicubic (Keys, a=-0.5)/lanczos (3 lobes) are separable polyphase filters with
+mirrored tile edges.
 
-Each tile is processed on its own fixed-shape computation, so a tile's output never depends on which
-other tiles share its batch (the engine's partition invariance relies on this).
+Every output sample is the same elementwise float32 arithmetic on its taps, whatever window it is computed
+in (:func:`upsample_window`): a tile's output never depends on which other tiles share its batch (the
+engine's partition invariance), and a whole block window gives a tile's bits wherever the tile's taps are
+its own (the engine's window path, :mod:`geosr.separable`).
 """
 
 from __future__ import annotations
@@ -80,6 +82,85 @@ def lanczos_matrix(n: int, scale: int) -> np.ndarray:
     return resample_matrix(n, scale, "lanczos")
 
 
+def margins(scale: int, kind: str) -> tuple[int, int]:
+    """(before, after): how many input samples before and after sample ``i`` an output sample of ``i``
+    reads, over all phases (0, 0 for nearest). An output sample is the same bits in any window that holds
+    those input samples un-mirrored."""
+    if kind == "nearest":
+        return 0, 0
+    support, phases = polyphase(scale, kind)
+    return max(-first for first, _ in phases), max(first + 2 * support - 1 for first, _ in phases)
+
+
+def resample_padded(padded: np.ndarray, axis: int, n: int, scale: int, kind: str, out: np.ndarray) -> None:
+    """Polyphase 1-D resampling along ``axis`` of ``padded`` (that axis: ``n`` samples plus ``support``
+    already-padded samples on each side) into ``out`` (that axis ``n * scale`` long).
+
+    Output sample ``i*scale + p`` is ``sum_k w_pk * padded[i + first_p + k + support]``: a product, then
+    additions in tap order; only elementwise IEEE float32 operations (no reductions, no fused multiply-add),
+    so a sample is the same bits whatever window or batch it is computed in -- a tile, a sub-rectangle of a
+    tile (:func:`upsample_window`) or a whole block window all agree wherever their inputs agree."""
+    support, phases = polyphase(scale, kind)
+    shape = list(padded.shape)
+    shape[axis] = n
+    lead = (slice(None),) * axis
+    view = out.view()
+    view.shape = shape[: axis + 1] + [scale] + shape[axis + 1 :]  # raises rather than copy (``out`` may be a view)
+    # the scratch takes the taps' memory layout, so a transposed (tall and narrow) window is walked along
+    # its long axis (see upsample_window)
+    acc = np.empty_like(padded[lead + (slice(0, n),)], dtype=np.float32)
+    tmp = np.empty_like(acc)
+    for p, (first, weights) in enumerate(phases):
+        for k, w in enumerate(weights):
+            start = first + k + support
+            tap = padded[lead + (slice(start, start + n),)]
+            if k == 0:
+                np.multiply(tap, np.float32(w), out=acc)
+            else:
+                np.multiply(tap, np.float32(w), out=tmp)
+                acc += tmp
+        view[lead + (slice(None), p)] = acc
+
+
+def pad_width(kind: str) -> int:
+    """Samples of padding each side that :func:`upsample_window` expects (the kernel's support)."""
+    return 0 if kind == "nearest" else KERNELS[kind][1]
+
+
+def upsample_window(src: np.ndarray, rows: np.ndarray, cols: np.ndarray, scale: int, kind: str,
+                    out: np.ndarray | None = None) -> np.ndarray:
+    """Upsample the samples of ``src`` (C, H, W) float32 picked by the index arrays ``rows`` and ``cols``
+    (each ``n + 2 * pad_width(kind)`` long: the samples plus their padding, mirrored or real) -> (C,
+    n_rows * scale, n_cols * scale) float32, into ``out`` if given. Columns first, then rows, as every
+    tile is upsampled on CPU, so an output sample is the same bits in any window whose picked samples
+    around it are the same."""
+    pad = pad_width(kind)
+    ny, nx = rows.size - 2 * pad, cols.size - 2 * pad
+    if cols.size < rows.size:  # gather along the shorter list first: copy only what is used
+        x = np.take(np.take(src, cols, axis=2), rows, axis=1)
+    else:
+        x = np.take(np.take(src, rows, axis=1), cols, axis=2)
+    c = x.shape[0]
+    # A tall, narrow window (a strip along a tile's side) is stored transposed, so numpy's inner loops run
+    # along its long side; the arithmetic is elementwise, so the layout never changes a bit of the result.
+    tall = cols.size * 4 < rows.size
+
+    def empty(h: int, w: int) -> np.ndarray:
+        return np.empty((c, w, h), dtype=np.float32).transpose(0, 2, 1) if tall else np.empty((c, h, w), np.float32)
+
+    if tall:
+        x = np.ascontiguousarray(x.transpose(0, 2, 1)).transpose(0, 2, 1)
+    if out is None:
+        out = empty(ny * scale, nx * scale)
+    if kind == "nearest":
+        out[...] = x.repeat(scale, axis=1).repeat(scale, axis=2)
+        return out
+    mid = empty(rows.size, nx * scale)
+    resample_padded(x, 2, nx, scale, kind, mid)
+    resample_padded(mid, 1, ny, scale, kind, out)
+    return out
+
+
 class ClassicUpsampler:
     """``kind`` in nearest / bilinear / bicubic / lanczos (Lanczos-3)."""
 
@@ -101,21 +182,14 @@ class ClassicUpsampler:
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "version": self.version, "scale": self.scale, "kind": self.kind}
 
-    def _resample_axis(self, x, axis: int, out, xp) -> None:
-        """Polyphase 1-D resampling of ``x`` (..., H, W) along ``axis`` (-2 = rows, -1 = cols) into ``out``
-        (that axis ``scale`` times longer): ``2*support`` multiply-adds per output sample. Only
-        elementwise IEEE operations (no reductions, no fused multiply-add), so a tile's result is the same
-        bits whatever else shares its batch. ``xp`` is numpy (CPU: single-threaded, no intra-op thread
-        contention between block workers) or torch (CUDA)."""
+    def _resample_axis_torch(self, x, axis: int, out, torch) -> None:
+        """CUDA: :func:`resample_padded`'s multiply-adds, in the same order, with torch; edges mirrored."""
         s = self.scale
         support, phases = polyphase(s, self.kind)
         axis = axis % x.ndim
         n = x.shape[axis]
         idx = mirror_indices(-support, n + support, n)
-        if xp is np:
-            padded = np.take(x, idx, axis=axis)
-        else:
-            padded = x.index_select(axis, xp.from_numpy(idx).to(x.device))
+        padded = x.index_select(axis, torch.from_numpy(idx).to(x.device))
         shape = list(x.shape)
         shape.insert(axis + 1, s)  # phase p of sample i is output sample i*s + p
         view = out.reshape(shape)
@@ -127,27 +201,22 @@ class ClassicUpsampler:
                 tap = padded[lead + (slice(start, start + n),)]
                 if acc is None:
                     acc = tap * np.float32(w)
-                elif xp is np:
-                    acc += tap * np.float32(w)
                 else:
                     acc.add_(tap, alpha=w)
             view[lead + (slice(None), p)] = acc
 
     def __call__(self, batch: TileBatch) -> np.ndarray:
-        """Separable polyphase resampling per tile (nearest: an exact repeat). CPU: numpy; CUDA: torch."""
+        """Separable polyphase resampling per tile (nearest: an exact repeat). CPU: numpy
+        (:func:`upsample_window`, single-threaded: no intra-op contention between block workers); CUDA: torch."""
         s = self.scale
         b, c, h, w = batch.pixels.shape
         out = np.empty((b, c, h * s, w * s), dtype=np.float32)
         if self.device == "cpu":
-            cols = np.empty((c, h, w * s), dtype=np.float32)
-            for i in range(b):  # tile by tile: the working set stays in cache (about 2x faster)
-                x = np.ascontiguousarray(batch.pixels[i], dtype=np.float32)
-                if self.kind == "nearest":
-                    out[i] = x.repeat(s, axis=1).repeat(s, axis=2)
-                    continue
-                # columns first on the small input, then rows: the big pass writes whole rows
-                self._resample_axis(x, -1, cols, np)
-                self._resample_axis(cols, -2, out[i], np)
+            pad = pad_width(self.kind)
+            ri, ci = mirror_indices(-pad, h + pad, h), mirror_indices(-pad, w + pad, w)
+            for i in range(b):  # tile by tile: the working set stays in cache
+                x = np.asarray(batch.pixels[i], dtype=np.float32)
+                out[i] = upsample_window(x, ri, ci, s, self.kind)
             return check_output(batch, out, s)
         import torch
 
@@ -158,8 +227,8 @@ class ClassicUpsampler:
                     y = x.repeat_interleave(s, dim=1).repeat_interleave(s, dim=2)
                 else:
                     cols = torch.empty((c, h, w * s), dtype=torch.float32, device=x.device)
-                    self._resample_axis(x, -1, cols, torch)
+                    self._resample_axis_torch(x, -1, cols, torch)
                     y = torch.empty((c, h * s, w * s), dtype=torch.float32, device=x.device)
-                    self._resample_axis(cols, -2, y, torch)
+                    self._resample_axis_torch(cols, -2, y, torch)
                 out[i] = y.cpu().numpy()
         return check_output(batch, out, s)
