@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from ..engine import BlockInput, ScenePlan, blend_block, blend_block_with_std, block_stats, read_block
+from ..engine import BlockInput, ScenePlan, block_stats, read_block, super_resolve_block
 from ..grid import Block
 from ..io.source import RasterSource
 from ..io.storage import StorageEnv
@@ -57,12 +57,10 @@ def model_task(plan: ScenePlan, read: ReadResult, env: StorageEnv, run_token: st
     upsampler = cache.model(spec)
     samples = plan.config.output.uncertainty_samples
     require_sampling(upsampler, samples)
-    tiles = upsample_adaptive(upsampler, inp.pixels, inp.origins, plan.config.model.seed, cache, spec, samples)
-    std = None
-    if samples:
-        data, std, valid = blend_block_with_std(plan, inp, tiles, upsampler)
-    else:
-        data, valid = blend_block(plan, inp, tiles, upsampler)
+    # the engine's one upsample-and-blend step (same code as `geosr run`); the tiles, when needed, come from the
+    # batched, OOM-adaptive stream of this worker's model cache
+    data, std, valid = super_resolve_block(plan, inp, upsampler, tiles=lambda: upsample_adaptive(
+        upsampler, inp.pixels, inp.origins, plan.config.model.seed, cache, spec, samples))
     model_s = time.perf_counter() - t0
     stats = block_stats(plan, inp, data, valid, std)
     output = cache.output((plan.output_uri, plan.plan_hash, run_token),
