@@ -253,3 +253,11 @@ def test_default_model_same_seed_same_bytes_whatever_the_block_size(tmp_path):
     a = zarr.open_array(str(outs[0] / "reflectance"), mode="r")[:].astype(np.int32)
     b = zarr.open_array(str(outs[2] / "reflectance"), mode="r")[:].astype(np.int32)
     assert np.abs(a - b).max() <= 1 and (a != b).mean() < 0.01
+
+
+def test_pyramid_adds_coarser_copies_of_training_scenes_only(manifest):
+    data = DataSpec(manifest=str(manifest), patch=24, pyramid=(1, 4), gain=(1.0, 1.0))
+    tr, ho = PairSampler(data, 4, "train"), PairSampler(data, 4, "heldout")
+    assert tr.names == ["s0", "s1", "s2", "s0/4", "s1/4", "s2/4"] and ho.names == ["s3", "s4"]
+    np.testing.assert_allclose(tr.images[3], metrics.degrade(tr.images[0], 4), atol=1e-6)
+    assert tr.masks[5].tolist() == [1, 1, 1, 0]

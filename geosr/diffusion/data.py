@@ -54,6 +54,7 @@ class DataSpec:
     band_names: tuple[str, ...] = ("red", "green", "blue", "nir")  # model band order (manifest scenes)
     min_side: int = 0  # skip manifest scenes smaller than this (HR px)
     size_power: float = 1.0  # scenes are drawn with probability ~ pixels**size_power (0.5: small scenes count more)
+    pyramid: tuple[int, ...] = (1,)  # also train on each scene block-averaged by these factors (coarser GSDs)
     bands: tuple[int, ...] | None = None  # 1-based; default all
     dn_scale: float = 1.0 / 255.0
     holdout: float = 0.25  # east fraction of every raster kept out of training
@@ -143,6 +144,8 @@ class PairSampler:
                     self.images.append(img)
                     self.masks.append(have)
                     self.names.append(sc["name"])
+        if part == "train":
+            self._add_pyramid()
         if not self.images:
             raise InputError(f"no {part} region of {list(spec.files) or spec.manifest} is at least "
                              f"{spec.patch} px on each side")
@@ -153,6 +156,25 @@ class PairSampler:
         self.weights = draw / draw.sum()
         self.pixels = int(sizes.sum())
         self.bands = self.images[0].shape[0]
+
+    def _add_pyramid(self) -> None:
+        """Each training scene block-averaged by the ``pyramid`` factors, as extra scenes: the same ground at
+        coarser sampling distances (a 0.1 m orthophoto also teaches what 0.4 m or 0.8 m imagery looks like)."""
+        from ..metrics import degrade
+
+        extra = []
+        for img, mask, name in zip(self.images, self.masks, self.names):
+            for k in self.spec.pyramid:
+                if k <= 1:
+                    continue
+                h, w = (img.shape[1] // k) * k, (img.shape[2] // k) * k
+                if min(h, w) // k < self.spec.patch or not np.isfinite(img).all():
+                    continue
+                extra.append((degrade(img[:, :h, :w], k).astype(np.float32), mask, f"{name}/{k}"))
+        for img, mask, name in extra:
+            self.images.append(img)
+            self.masks.append(mask)
+            self.names.append(name)
 
     def batch(self, n: int, rng: np.random.Generator, with_mask: bool = False):
         """(lr, hr) — or (lr, hr, band mask (n, C)) with ``with_mask`` — for ``n`` random patches."""
