@@ -261,3 +261,14 @@ def test_pyramid_adds_coarser_copies_of_training_scenes_only(manifest):
     assert tr.names == ["s0", "s1", "s2", "s0/4", "s1/4", "s2/4"] and ho.names == ["s3", "s4"]
     np.testing.assert_allclose(tr.images[3], metrics.degrade(tr.images[0], 4), atol=1e-6)
     assert tr.masks[5].tolist() == [1, 1, 1, 0]
+
+
+def test_gpu_session_check_passes_on_cpu(capsys):
+    """bench/gpu_check.py (the device session's first step) on CPU: the bundled model is LR-consistent,
+    repeatable and batch-size independent, in both samplings."""
+    import runpy
+
+    main = runpy.run_path(str(Path(__file__).resolve().parents[1] / "bench" / "gpu_check.py"), run_name="check")["main"]
+    assert main() == 0
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert res["mean"]["same_twice"] and res["diffusion_1step"]["same_twice"]
