@@ -226,8 +226,7 @@ def test_default_model_is_the_bundled_diffusion_model():
 
 
 def test_default_model_same_seed_same_bytes_whatever_the_block_size(tmp_path):
-    """`geosr run` with the bundled default: rerun -> identical bytes; another block partition -> the same values
-    up to one uint16 step (float rounding differs between partitions)."""
+    """`geosr run` with the bundled default: rerun -> identical bytes; another block partition -> identical bytes."""
     from geosr.config import load_config
     from geosr.engine import run_scene
 
@@ -245,14 +244,9 @@ def test_default_model_same_seed_same_bytes_whatever_the_block_size(tmp_path):
                 if p.is_file() and not p.name.startswith(".z")}
 
     first = chunks(outs[0])
-    assert first and chunks(outs[1]) == first  # same seed, same partition: the same bytes
-    # another partition rounds differently somewhere (not the batch size: bench/gpu_check.py), so
-    # values agree to float rounding (not bits): at most one uint16 step (1e-4 reflectance) anywhere
-    import zarr
-
-    a = zarr.open_array(str(outs[0] / "reflectance"), mode="r")[:].astype(np.int32)
-    b = zarr.open_array(str(outs[2] / "reflectance"), mode="r")[:].astype(np.int32)
-    assert np.abs(a - b).max() <= 1 and (a != b).mean() < 0.01
+    # same seed: the same bytes on a rerun and for another block partition (on CPU the model runs one tile per
+    # call, so no tile's arithmetic depends on which other tiles share its block)
+    assert first and chunks(outs[1]) == first and chunks(outs[2]) == first
 
 
 def test_pyramid_adds_coarser_copies_of_training_scenes_only(manifest):
