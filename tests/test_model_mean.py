@@ -201,7 +201,7 @@ def test_eval_manifest_reports_every_heldout_scene_and_method(manifest, tmp_path
     assert "ΔPSNR vs lanczos+bp" in out
     res = json.loads((tmp_path / "e.json").read_text())
     assert set(res["rows"]) == {"bicubic", "lanczos", "lanczos+bp", "ldm", "ldm mean only (no diffusion)",
-                                "ldm 2-step ddim eta=1"}
+                                "ldm 1-step diffusion", "ldm 2-step ddim eta=1"}
     for name, per in res["rows"].items():
         assert set(per) == {"s3", "s4"}, name
         for r in per.values():

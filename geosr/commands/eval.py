@@ -138,11 +138,13 @@ def _run_manifest(args: argparse.Namespace) -> int:
 
     s = spec.scale
     methods = {"bicubic": classic("bicubic", s), "lanczos": classic("lanczos", s),
-               "lanczos+bp": lambda: BackProjected(s, "lanczos"), "ldm": model()}
+               "lanczos+bp": lambda: BackProjected(s, "lanczos"), "ldm": model()}  # ldm: the model's own default
     if spec.mean is not None:
         methods["ldm mean only (no diffusion)"] = model(diffusion=False)
+        methods["ldm 1-step diffusion"] = model(diffusion=True, steps=1, sampler="dpmpp")
     if args.texture_steps:
-        methods[f"ldm {args.texture_steps}-step ddim eta=1"] = model(steps=args.texture_steps, sampler="ddim", eta=1.0)
+        methods[f"ldm {args.texture_steps}-step ddim eta=1"] = model(steps=args.texture_steps, sampler="ddim", eta=1.0,
+                                                                     diffusion=True)
     tile = args.scene_tile
     rows = evaluate_scenes(methods, scenes, scale=s, tile=tile, overlap=args.scene_overlap, operator=args.operator,
                            seed=args.seed)

@@ -523,7 +523,7 @@ class Trainer:
                 t0 = time.perf_counter()
                 if step == cfg.finetune_steps:
                     self.state["stage"] = "done"
-                    self.spec = replace(self.spec, sampling={"steps": 1, "sampler": "dpmpp"})
+                    self.spec = replace(self.spec, sampling={**self.spec.sampling, "steps": 1, "sampler": "dpmpp"})
                     m.spec = self.spec
                 self.save()
 
