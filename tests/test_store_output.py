@@ -444,3 +444,38 @@ def test_no_warnings_when_reading_the_store(v2_store):
         warnings.simplefilter("error")
         ds = xr.open_zarr(path)
         ds.reflectance[0, :2, :2].values
+
+
+def test_finalize_removes_temporary_files_of_interrupted_chunk_writes(tmp_path):
+    """A worker SIGKILLed between zarr's write of a chunk's temporary file and its rename leaves
+    ``<key>.<uuid>.partial`` beside the chunks; the rerun rewrites the chunk and finalize sweeps the
+    leftover, so the finished store holds exactly the files of an uninterrupted run."""
+    import uuid
+
+    spec = make_spec()
+    clean = tmp_path / "clean.zarr"
+    build(clean, spec)
+    data, valid = scene(spec)
+    out = ZarrOutput.create(str(tmp_path / "killed.zarr"), spec, ENV, "plan-1")
+    write_all(out, data, valid)
+    # what zarr's LocalStore leaves for chunk key "reflectance/0.0.0" (Path.with_suffix drops ".0")
+    leftovers = [tmp_path / "killed.zarr" / "reflectance" / f"0.0.{uuid.uuid4().hex}.partial",
+                 tmp_path / "killed.zarr" / "1" / "reflectance" / f"0.0.{uuid.uuid4().hex}.partial"]
+    for p in leftovers:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(b"half a chunk")
+    mine = tmp_path / "killed.zarr" / "notes.partial"  # not zarr's pattern: never touched
+    mine.write_text("a user's file")
+    out.finalize({"input_uri": "s3://in/scene.tif", "input_checksum": "etag-1",
+                  "model": {"name": "bicubic", "version": "1"}, "config_hash": "cfg1", "geosr_version": "t"})
+    assert not any(p.exists() for p in leftovers)
+    assert mine.exists()
+    mine.unlink()
+
+    def files(root):
+        return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and ".geosr" not in p.parts)
+
+    assert files(tmp_path / "killed.zarr") == files(clean)
+    a = zarr.open_group(str(clean), mode="r")["reflectance"][:]
+    b = zarr.open_group(str(tmp_path / "killed.zarr"), mode="r")["reflectance"][:]
+    np.testing.assert_array_equal(a, b)

@@ -17,6 +17,8 @@ marker (``.geosr/complete.json``, plus ``geosr.complete`` in the root attributes
 from __future__ import annotations
 
 import logging
+import os
+import re
 import threading
 import warnings
 from typing import Any
@@ -237,6 +239,9 @@ class ZarrOutput:
             )
             if tail:
                 log.info("%s: computed overview levels %s", self.uri, tail)
+            swept = sweep_interrupted_writes(self._loc)
+            if swept:
+                log.info("%s: removed %d temporary file(s) of interrupted chunk writes", self.uri, len(swept))
             finished = utcnow()
             if stac:
                 item = build_stac_item(self.uri, self.spec, {"plan_hash": self.plan_hash, **provenance})
@@ -254,6 +259,30 @@ class ZarrOutput:
 
     def is_complete(self) -> bool:
         return self._ledger.read_complete() is not None
+
+
+# zarr-python's LocalStore writes a chunk to ``<key minus its last suffix>.<uuid4 hex>.partial`` and
+# renames it into place; a worker killed in between leaves that file behind.
+_PARTIAL = re.compile(r"\.[0-9a-f]{32}\.partial$")
+
+
+def sweep_interrupted_writes(loc: StoreLocation) -> list[str]:
+    """Remove the temporary files that zarr's local store leaves when a writer dies between writing a
+    chunk and renaming it into place; returns their paths. Object storage writes a key whole or not at
+    all, so there is nothing to sweep there. Call it only when no block is being written (finalize)."""
+    if loc.remote or not os.path.isdir(loc.root):
+        return []
+    removed = []
+    for folder, _dirs, files in os.walk(loc.root):
+        for name in files:
+            if _PARTIAL.search(name):
+                path = os.path.join(folder, name)
+                try:
+                    os.unlink(path)
+                except FileNotFoundError:
+                    continue
+                removed.append(path)
+    return removed
 
 
 def _consolidate(loc: StoreLocation, zarr_format: int) -> None:
