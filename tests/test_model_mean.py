@@ -16,12 +16,13 @@ from geosr import metrics
 from geosr.diffusion.consistency import consistent_base
 from geosr.diffusion.data import DataSpec, Degradation, PairSampler
 from geosr.diffusion.evaluate import BackProjected, hf_energy_ratio
+from geosr.diffusion.mean import dihedral, self_ensemble
 from geosr.diffusion.model import LatentSR
 from geosr.diffusion.pipeline import SamplingOptions, super_resolve
 from geosr.diffusion.spec import AutoencoderSpec, DenoiserSpec, MeanSpec, ModelSpec
 from geosr.diffusion.train import Trainer, TrainSpec
 from geosr.diffusion.weights_io import MEAN_FILE, load_model, save_model
-from geosr.errors import ModelError
+from geosr.errors import ConfigError, ModelError
 from geosr.upsamplers import TileBatch
 
 torch.set_num_threads(1)
@@ -98,6 +99,37 @@ def test_base_reproduces_the_input_after_training_like_weights():
     with torch.no_grad():
         base = m.base(lr)
     assert float((torch.nn.functional.avg_pool2d(base, 4) - lr).abs().max()) < 1e-5
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.integers(0, 7), st.integers(1, 6), st.integers(1, 6))
+def test_dihedral_is_undone_by_its_inverse(k, h, w):
+    x = torch.arange(2 * h * w, dtype=torch.float32).reshape(1, 2, h, w)
+    assert torch.equal(dihedral(dihedral(x, k), k, inverse=True), x)
+    assert {tuple(dihedral(x, j).flatten().tolist()) for j in range(8)} >= {tuple(x.flatten().tolist())}
+
+
+def test_self_ensemble_of_eight_is_equivariant_and_of_one_is_the_net():
+    """Averaged over all 8 symmetries, the mean predictor commutes with them: a flipped or rotated scene
+    gives the flipped or rotated result (up to float rounding of the sum's order); ensemble=1 is the net."""
+    torch.manual_seed(0)
+    m = LatentSR(SPEC).eval()
+    for p in m.mean.parameters():
+        torch.nn.init.normal_(p, std=0.1)
+    x = torch.from_numpy(_smooth(np.random.default_rng(3), (1, 4, 10, 14)))
+    with torch.no_grad():
+        assert torch.equal(self_ensemble(m.mean, x, 1), m.mean(x))
+        e = self_ensemble(m.mean, x, 8)
+        plain = m.mean(x)
+        for k in range(1, 8):
+            torch.testing.assert_close(self_ensemble(m.mean, dihedral(x, k), 8), dihedral(e, k), rtol=0, atol=1e-6)
+            assert float((m.mean(dihedral(x, k)) - dihedral(plain, k)).abs().max()) > 1e-4  # the net alone is not
+        base = m.base(x, 8)
+    assert float((torch.nn.functional.avg_pool2d(base, 4) - x).abs().max()) < 1e-5  # still reproduces the input
+    with pytest.raises(ModelError, match="ensemble=3"):
+        self_ensemble(m.mean, x, 3)
+    with pytest.raises(ConfigError, match="ensemble=5"):
+        SamplingOptions(ensemble=5)
 
 
 def test_shuffle_latent_channels_are_validated():
@@ -201,7 +233,7 @@ def test_eval_manifest_reports_every_heldout_scene_and_method(manifest, tmp_path
     assert "ΔPSNR vs lanczos+bp" in out
     res = json.loads((tmp_path / "e.json").read_text())
     assert set(res["rows"]) == {"bicubic", "lanczos", "lanczos+bp", "ldm", "ldm mean only (no diffusion)",
-                                "ldm 1-step diffusion", "ldm 2-step ddim eta=1"}
+                                "ldm mean, 8x self-ensemble", "ldm 1-step diffusion", "ldm 2-step ddim eta=1"}
     for name, per in res["rows"].items():
         assert set(per) == {"s3", "s4"}, name
         for r in per.values():

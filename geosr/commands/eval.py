@@ -140,8 +140,9 @@ def _run_manifest(args: argparse.Namespace) -> int:
     methods = {"bicubic": classic("bicubic", s), "lanczos": classic("lanczos", s),
                "lanczos+bp": lambda: BackProjected(s, "lanczos"), "ldm": model()}  # ldm: the model's own default
     if spec.mean is not None:
-        methods["ldm mean only (no diffusion)"] = model(diffusion=False)
-        methods["ldm 1-step diffusion"] = model(diffusion=True, steps=1, sampler="dpmpp")
+        methods["ldm mean only (no diffusion)"] = model(diffusion=False, ensemble=1)
+        methods["ldm mean, 8x self-ensemble"] = model(diffusion=False, ensemble=8)
+        methods["ldm 1-step diffusion"] = model(diffusion=True, steps=1, sampler="dpmpp", ensemble=1)
     if args.texture_steps:
         methods[f"ldm {args.texture_steps}-step ddim eta=1"] = model(steps=args.texture_steps, sampler="ddim", eta=1.0,
                                                                      diffusion=True)

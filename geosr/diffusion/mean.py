@@ -49,6 +49,35 @@ class MeanPredictor(nn.Module):
         return F.pixel_shuffle(self.tail(F.silu(h)), self.scale)
 
 
+ENSEMBLES = (1, 2, 4, 8)
+
+
+def dihedral(x: torch.Tensor, k: int, inverse: bool = False) -> torch.Tensor:
+    """The ``k``-th of the 8 symmetries of the square (k % 4 quarter turns, then a left-right flip for
+    k >= 4) applied to the last two axes of ``x``; ``inverse`` undoes it."""
+    turns, flip = k % 4, k >= 4
+    if not inverse:
+        x = torch.rot90(x, turns, dims=(-2, -1))
+        return torch.flip(x, dims=(-1,)) if flip else x
+    if flip:
+        x = torch.flip(x, dims=(-1,))
+    return torch.rot90(x, -turns, dims=(-2, -1))
+
+
+def self_ensemble(net, x: torch.Tensor, n: int) -> torch.Tensor:
+    """The mean of ``net`` over ``n`` of the square's symmetries (1, 2, 4 or 8; Lim et al. 2017's
+    "geometric self-ensemble"): each symmetry is applied to the input and undone on the output. The
+    transforms come in a fixed order and are summed in it, so the result is deterministic."""
+    if n not in ENSEMBLES:
+        raise ModelError(f"ensemble={n}: choose one of {', '.join(map(str, ENSEMBLES))}")
+    ks = {1: (0,), 2: (0, 4), 4: (0, 1, 2, 3), 8: tuple(range(8))}[n]
+    out = None
+    for k in ks:
+        y = dihedral(net(dihedral(x, k)), k, inverse=True)
+        out = y if out is None else out + y
+    return out / len(ks) if len(ks) > 1 else out
+
+
 def macs_per_lowres_pixel(bands: int, scale: int, features: int, blocks: int) -> int:
     """Multiply-accumulates per low-res pixel (for speed estimates in benchmarks and the model card)."""
     k = 9

@@ -21,7 +21,7 @@ from torch import nn
 
 from ..errors import ModelError
 from .consistency import consistent_base, project
-from .mean import MeanPredictor
+from .mean import MeanPredictor, self_ensemble
 from .spec import AutoencoderSpec, DenoiserSpec, ModelSpec
 
 
@@ -100,14 +100,16 @@ class LatentSR(nn.Module):
     def normalise(self, lowres: torch.Tensor) -> torch.Tensor:
         return (lowres - self.spec.cond_offset) / self.spec.cond_scale
 
-    def base(self, lowres: torch.Tensor) -> torch.Tensor:
+    def base(self, lowres: torch.Tensor, ensemble: int = 1) -> torch.Tensor:
         """The high-res estimate the diffusion residual is added to: the back-projected interpolation, plus
-        the mean predictor's residual (projected again, so the base reproduces the input exactly)."""
+        the mean predictor's residual (projected again, so the base reproduces the input exactly), averaged
+        over ``ensemble`` symmetries of the square (:func:`~geosr.diffusion.mean.self_ensemble`)."""
         s = self.spec
         b = consistent_base(lowres, s.scale, s.base, "average", s.base_iterations)
         if self.mean is None:
             return b
-        return project(b + self.mean(self.normalise(lowres)) * s.residual_scale, lowres, s.scale, "average", 0)
+        mean = self_ensemble(self.mean, self.normalise(lowres), ensemble)
+        return project(b + mean * s.residual_scale, lowres, s.scale, "average", 0)
 
     def condition(self, lowres: torch.Tensor, latent_hw: tuple[int, int],
                   base: torch.Tensor | None = None) -> torch.Tensor:

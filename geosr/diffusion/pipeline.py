@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from ..errors import ConfigError
 from .consistency import OPERATORS, project
+from .mean import ENSEMBLES
 from .model import LatentSR
 from .noise import keyed_noise, sample_seed, tile_coords
 from .samplers import MAX_STEPS, get_sampler
@@ -43,6 +44,7 @@ class SamplingOptions:
     projection_iterations: int = 3
     diffusion: bool = True  # False: the mean predictor's estimate alone (an ablation; no denoiser, no noise)
     dtype: str = "auto"  # auto (bf16 autocast on CUDA, float32 on CPU), float32, bfloat16, float16
+    ensemble: int = 1  # mean predictor averaged over 1, 2, 4 or 8 flips/rotations (geometric self-ensemble)
 
     def __post_init__(self) -> None:
         get_sampler(self.sampler)
@@ -56,6 +58,8 @@ class SamplingOptions:
             raise ConfigError(f"dtype={self.dtype!r}: choose auto, float32, bfloat16 or float16")
         if self.projection_iterations < 0:
             raise ConfigError("projection_iterations must be >= 0")
+        if self.ensemble not in ENSEMBLES:
+            raise ConfigError(f"ensemble={self.ensemble}: choose one of {', '.join(map(str, ENSEMBLES))}")
 
     def autocast_dtype(self, device: torch.device) -> torch.dtype | None:
         if device.type != "cuda" or self.dtype == "float32":
@@ -110,7 +114,7 @@ def super_resolve(model: LatentSR, lowres: torch.Tensor, origins: np.ndarray, *,
     if c != spec.bands:
         raise ConfigError(f"the model takes {spec.bands} bands; the input has {c}")
     residual = getattr(spec, "target", "residual") == "residual"
-    base = model.base(lowres) if residual else None
+    base = model.base(lowres, options.ensemble) if residual else None
     if not options.diffusion:
         if base is None:
             raise ConfigError("diffusion=false needs a residual model (the base is its estimate without diffusion)")
