@@ -298,3 +298,41 @@ def test_gpu_session_check_passes_on_cpu(capsys):
     assert main() == 0
     res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert res["mean"]["same_twice"] and res["diffusion_1step"]["same_twice"]
+
+
+def test_val_fraction_carves_validation_from_training_scenes_and_leaves_heldout_untouched(manifest):
+    from geosr.diffusion.data import manifest_scenes, read_scene
+
+    data = DataSpec(manifest=str(manifest), patch=32, val_fraction=0.3)
+    tr, va, ho = (PairSampler(data, 4, part) for part in ("train", "val", "heldout"))
+    assert tr.names == va.names == ["s0", "s1", "s2"] and ho.names == ["s3", "s4"]
+    full, _ = read_scene(manifest_scenes(str(manifest), "train")[0], data.band_names)
+    cut = int(round(full.shape[-1] * 0.7))
+    np.testing.assert_array_equal(tr.images[0], full[..., :cut])  # west: training
+    np.testing.assert_array_equal(va.images[0], full[..., cut:])  # east: validation, disjoint from it
+    # without a val_fraction, "val" is the held-out scenes (the monitor of earlier runs)
+    assert PairSampler(DataSpec(manifest=str(manifest), patch=32), 4, "val").names == ["s3", "s4"]
+    with pytest.raises(ConfigError, match="val_fraction"):
+        PairSampler(DataSpec(manifest=str(manifest), patch=32, val_fraction=0.6), 4, "train")
+
+
+def test_keep_best_ends_the_mean_stage_with_its_best_validation_checkpoint(manifest, tmp_path):
+    from geosr.diffusion.train import MEAN_BEST_FILE
+    from geosr.diffusion.weights_io import load_tensors
+
+    data = DataSpec(manifest=str(manifest), patch=32, gain=(1.0, 1.0), val_fraction=0.3,
+                    degradation=Degradation(noise_std=(0.0, 0.0)))
+    cfg = TrainSpec(data=data, batch=4, mean_steps=40, mean_lr=3e-3, ae_steps=0, denoiser_steps=0,
+                    checkpoint_every=20, val_every=10, val_batches=2, log_every=40, threads=1, keep_best=True)
+    out = tmp_path / "run"
+    t = Trainer(SPEC, cfg, out)
+    t.run()
+    hist = [h for h in t.state["history"] if str(h["step"]).startswith("mean")]
+    best = max(hist, key=lambda h: h["val_psnr_mean"])
+    assert t.state["mean_best"] == {"step": int(best["step"].split()[1]), "val_psnr_mean": best["val_psnr_mean"]}
+    kept = load_tensors(out / "train" / MEAN_BEST_FILE)
+    shipped = load_model(out).mean.state_dict()
+    assert all(torch.equal(kept[k], shipped[k]) for k in kept)  # the saved model carries the best weights
+    cfg_json = json.loads((out / "config.json").read_text())["trained"]
+    assert cfg_json["val_scenes"] == ["s0", "s1", "s2"] and cfg_json["heldout_scenes"] == ["s3", "s4"]
+    assert "held-out scenes untouched" in cfg_json["validation"] and cfg_json["mean_best"] == t.state["mean_best"]

@@ -58,6 +58,8 @@ class DataSpec:
     bands: tuple[int, ...] | None = None  # 1-based; default all
     dn_scale: float = 1.0 / 255.0
     holdout: float = 0.25  # east fraction of every raster kept out of training
+    val_fraction: float = 0.0  # manifest: east fraction of each *training* scene kept for validation (0 = none:
+    # validate on the held-out scenes). With it, the held-out scenes stay untouched until the final evaluation.
     patch: int = 128  # HR patch (multiple of scale)
     gain: tuple[float, float] = (0.5, 1.2)  # random reflectance gain (robustness to brightness)
     degradation: Degradation = field(default_factory=Degradation)
@@ -122,12 +124,24 @@ def split(img: np.ndarray, holdout: float) -> tuple[np.ndarray, np.ndarray]:
     return img[..., :cut], img[..., cut:]
 
 
+PARTS = ("train", "val", "heldout")
+
+
 class PairSampler:
-    """Random (lr, hr) batches from the training (or held-out) parts of the rasters."""
+    """Random (lr, hr) batches from one part of the rasters: ``train``; ``val`` (with ``val_fraction``, the east
+    part of each manifest training scene, else the same as ``heldout``); ``heldout`` (the manifest's held-out
+    scenes and the east ``holdout`` part of ``files``)."""
 
     def __init__(self, spec: DataSpec, scale: int, part: str = "train") -> None:
         if spec.patch % scale:
             raise ConfigError(f"patch={spec.patch} must be a multiple of scale={scale}")
+        if part not in PARTS:
+            raise ConfigError(f"part={part!r}: choose one of {', '.join(PARTS)}")
+        if not 0.0 <= spec.val_fraction < 0.5:
+            raise ConfigError(f"val_fraction={spec.val_fraction}: choose 0 (none) up to 0.5 (exclusive)")
+        carve = spec.val_fraction > 0 and bool(spec.manifest)
+        if part == "val" and not carve:
+            part = "heldout"
         self.spec, self.scale = spec, scale
         self.images, self.masks, self.names = [], [], []
         for f in spec.files:
@@ -138,8 +152,10 @@ class PairSampler:
                 self.masks.append(np.ones(img.shape[0], dtype=np.float32))
                 self.names.append(Path(f).name)
         if spec.manifest:
-            for sc in manifest_scenes(spec.manifest, part):
+            for sc in manifest_scenes(spec.manifest, "train" if part == "val" else part):
                 img, have = read_scene(sc, spec.band_names)
+                if carve and part != "heldout":
+                    img = split(img, spec.val_fraction)[part == "val"]
                 if min(img.shape[1:]) >= max(spec.patch, spec.min_side):
                     self.images.append(img)
                     self.masks.append(have)

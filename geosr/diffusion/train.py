@@ -25,12 +25,14 @@ import torch.nn.functional as F
 
 from ..errors import ConfigError, ModelError
 from .consistency import consistent_base
-from .data import DataSpec, Degradation, PairSampler
+from .data import DataSpec, Degradation, PairSampler, manifest_scenes
 from .model import LatentSR, count_parameters
 from .spec import AutoencoderSpec, ModelSpec
 from .weights_io import AE_FILE, DENOISER_FILE, MEAN_FILE, load_tensors, save_model, save_tensors
 
 log = logging.getLogger(__name__)
+
+MEAN_BEST_FILE = "mean_best.safetensors"  # in the run's train/ folder: the best mean predictor so far (keep_best)
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,7 @@ class TrainSpec:
     finetune_steps: int = 0  # stage 3: one-step fine-tuning with a pixel loss (0 = off)
     finetune_lr: float = 2e-4
     finetune_v_weight: float = 0.5  # weight of the ordinary v-prediction loss kept during stage 3
+    keep_best: bool = False  # stage 0 ends with the mean predictor of its best validation PSNR (early stopping)
 
 
 def _batch_rng(seed: int, stage: int, step: int) -> np.random.Generator:
@@ -126,7 +129,7 @@ class Trainer:
         self.dev = torch.device(train.device)
         self.state_dir = self.out / "train"
         self.train_data = PairSampler(train.data, spec.scale, "train")
-        self.val_data = PairSampler(train.data, spec.scale, "heldout")
+        self.val_data = PairSampler(train.data, spec.scale, "val")
         if self.train_data.bands != spec.bands:
             raise ConfigError(f"training rasters have {self.train_data.bands} bands; the model expects {spec.bands}")
         torch.manual_seed(train.seed)  # reproducible initialisation (batches are seeded per step)
@@ -204,9 +207,11 @@ class Trainer:
         trained = {
             "files": [Path(f).name for f in d.files], "bands": list(d.bands) if d.bands else None,
             "manifest": Path(d.manifest).name if d.manifest else None,
-            "train_scenes": list(self.train_data.names), "heldout_scenes": list(self.val_data.names),
+            "train_scenes": list(self.train_data.names), "validation": self._validation_kind(),
+            "val_scenes": list(self.val_data.names), "heldout_scenes": self._heldout_names(),
+            "mean_best": self.state.get("mean_best"),
             "dn_scale": d.dn_scale, "holdout_east_fraction": d.holdout, "train_pixels_hr": self.train_data.pixels,
-            "heldout_pixels_hr": self.val_data.pixels, "patch": d.patch, "batch": self.cfg.batch,
+            "val_pixels_hr": self.val_data.pixels, "patch": d.patch, "batch": self.cfg.batch,
             "degradation": asdict(d.degradation), "mean_steps": self.state.get("mean_step", 0),
             "autoencoder_steps": self.state["ae_step"],
             "denoiser_steps": self.state["denoiser_step"], "finetune_steps": self.state.get("finetune_step", 0),
@@ -218,6 +223,34 @@ class Trainer:
             "history": self.state["history"][-20:],
         }
         return replace(self.spec, trained=trained)
+
+    def _validation_kind(self) -> str:
+        d = self.cfg.data
+        if d.manifest and d.val_fraction > 0:
+            return f"east {d.val_fraction:g} of each training scene (held-out scenes untouched)"
+        return "held-out scenes (monitor only)" if d.manifest else f"east {d.holdout:g} of each raster"
+
+    def _heldout_names(self) -> list[str]:
+        d = self.cfg.data
+        return [sc["name"] for sc in manifest_scenes(d.manifest, "heldout")] if d.manifest else []
+
+    def _keep_if_best(self, step: int, val: dict[str, float]) -> None:
+        """With ``keep_best``: remember the mean predictor of the best validation PSNR so far (on disk, so a
+        resumed run still knows it)."""
+        best = self.state.get("mean_best")
+        score = val.get("val_psnr_mean", float("-inf"))
+        if not self.cfg.keep_best or (best and best["val_psnr_mean"] >= score):
+            return
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        save_tensors(self.model.mean.state_dict(), self.state_dir / MEAN_BEST_FILE)
+        self.state["mean_best"] = {"step": step, "val_psnr_mean": score}
+
+    def _restore_best_mean(self) -> None:
+        best, f = self.state.get("mean_best"), self.state_dir / MEAN_BEST_FILE
+        if not (self.cfg.keep_best and best and f.is_file()):
+            return
+        self.model.mean.load_state_dict(load_tensors(f))
+        self.log(f"mean predictor: kept step {best['step']} (best validation PSNR {best['val_psnr_mean']:.4f} dB)")
 
     # -- stages -----------------------------------------------------------------------------------------
     def _base_residual(self, lr: torch.Tensor, hr: torch.Tensor) -> torch.Tensor:
@@ -263,6 +296,7 @@ class Trainer:
                 val = self.validate(mean_only=True)
                 m.mean.train()
                 self.state["history"].append({"step": f"mean {step}", **val})
+                self._keep_if_best(step, val)
                 extra = " ".join(f"{k} {v:.4f}" for k, v in val.items())
             prog.update(step, float(loss.detach()), extra)
             stop = not self._stage_budget_ok(t0)
@@ -273,6 +307,7 @@ class Trainer:
                 if stop:
                     self.log("time limit reached; checkpoint saved, rerun the same command to continue")
                     raise _TimeLimit
+        self._restore_best_mean()
         m.mean.eval().requires_grad_(False)
         self.state["stage"] = "autoencoder"
         self.save()
