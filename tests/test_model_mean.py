@@ -231,6 +231,9 @@ def test_eval_manifest_reports_every_heldout_scene_and_method(manifest, tmp_path
     assert rc == 0
     out = capsys.readouterr().out
     assert "ΔPSNR vs lanczos+bp" in out
+    # the per-scene summary: baseline and model side by side, ablations as differences, the goal counted
+    assert "| held-out scene | lanczos+bp PSNR / SSIM | **ldm** PSNR / SSIM |" in out
+    assert "ldm mean, 8x self-ensemble Δ" in out and "held-out scenes." in out
     res = json.loads((tmp_path / "e.json").read_text())
     assert set(res["rows"]) == {"bicubic", "lanczos", "lanczos+bp", "ldm", "ldm mean only (no diffusion)",
                                 "ldm mean, 8x self-ensemble", "ldm 1-step diffusion", "ldm 2-step ddim eta=1"}

@@ -117,7 +117,8 @@ def _run_manifest(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    from ..diffusion.evaluate import BackProjected, classic, evaluate_scenes, manifest_heldout, scenes_table
+    from ..diffusion.evaluate import (BackProjected, classic, evaluate_scenes, manifest_heldout, scenes_table,
+                                      summary_table)
     from ..diffusion.weights_io import bundled_dir, load_model
     from ..errors import InputError
     from ..upsamplers import build_upsampler
@@ -150,6 +151,8 @@ def _run_manifest(args: argparse.Namespace) -> int:
     rows = evaluate_scenes(methods, scenes, scale=s, tile=tile, overlap=args.scene_overlap, operator=args.operator,
                            seed=args.seed)
     print(scenes_table(rows, baseline="lanczos+bp"))
+    print()
+    print(summary_table(rows, "ldm", "lanczos+bp", tuple(k for k in methods if k.startswith("ldm "))))
     if args.json:
         res = {"rows": rows, "scenes": [{"name": sc.name, "sensor": sc.sensor, "truth_shape": list(sc.truth.shape)}
                                         for sc in scenes],
