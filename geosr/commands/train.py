@@ -14,7 +14,7 @@ def register(subparsers) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--config", required=True, help="model config YAML with model: and train: sections "
-                                                    "(configs/model-small.yaml)")
+                                                    "(configs/model-rgbn-x4.yaml)")
     p.add_argument("--out", required=True, help="run directory; holds config.json + safetensors when done")
     p.add_argument("--data", nargs="+", default=None, help="high-res GeoTIFFs (override train.data.files)")
     p.add_argument("--manifest", default=None, help="corpus manifest.json (override train.data.manifest)")
