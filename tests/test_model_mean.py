@@ -339,3 +339,23 @@ def test_keep_best_ends_the_mean_stage_with_its_best_validation_checkpoint(manif
     cfg_json = json.loads((out / "config.json").read_text())["trained"]
     assert cfg_json["val_scenes"] == ["s0", "s1", "s2"] and cfg_json["heldout_scenes"] == ["s3", "s4"]
     assert "held-out scenes untouched" in cfg_json["validation"] and cfg_json["mean_best"] == t.state["mean_best"]
+
+
+def test_bundle_script_copies_a_run_with_its_heldout_summary(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bundle_model", Path(__file__).parents[1] / "scripts/bundle_model.py")
+    bundle = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bundle)
+    torch.manual_seed(0)
+    save_model(LatentSR(SPEC), tmp_path / "run")
+    ev = {"rows": {"lanczos+bp": {"a": {"psnr": 30.0, "ssim": 0.90}},
+                   "ldm": {"a": {"psnr": 30.25, "ssim": 0.91}}, "bicubic": {"a": {"psnr": 29.0, "ssim": 0.8}}}}
+    (tmp_path / "e.json").write_text(json.dumps(ev))
+    assert bundle.main([str(tmp_path / "run"), str(tmp_path / "e.json"), "--dest", str(tmp_path / "b"),
+                        "--sampling", '{"ensemble": 2, "diffusion": false}']) == 0
+    cfg = json.loads((tmp_path / "b" / "config.json").read_text())
+    assert cfg["sampling"]["ensemble"] == 2 and cfg["sampling"]["diffusion"] is False
+    assert cfg["trained"]["heldout_eval"]["psnr_gain_db"] == {"ldm": {"a": 0.25}}
+    assert load_model(tmp_path / "b").mean is not None
+    assert bundle.main([str(tmp_path / "nothing"), str(tmp_path / "e.json"), "--dest", str(tmp_path / "c")]) == 2
