@@ -10,10 +10,12 @@ same order, the bytes do not depend on how the scene was cut into blocks.
 
 from __future__ import annotations
 
+from typing import Any, Iterable, Sequence
+
 import numpy as np
 
+from .blend_weights import axis_weights
 from .grid import Block, TileGrid
-from .weights import axis_weights
 
 
 class BlockBlender:
@@ -109,3 +111,25 @@ class BlockBlender:
         out += self._acc
         self._acc = None  # the blender is spent
         return out
+
+
+def blend_tiles(grid: TileGrid, block: Block, keys: Sequence[tuple[int, int]], skip: Sequence[bool], bands: int,
+                outputs: Iterable[Any], streams: int = 1, ramp: str = "cosine") -> list[np.ndarray]:
+    """Blend a block's upsampled tiles (the one blend path of geosr): ``streams`` parallel tile streams with the
+    same global weights, in global tile order. ``outputs`` yields one tile per computed key (``streams == 1``)
+    or a tuple of ``streams`` tiles (e.g. a sample mean and std); keys with ``skip`` (no valid pixel) blend
+    zeros, which only ever reach nodata pixels. Returns one (bands, h, w) float32 array per stream."""
+    blenders = [BlockBlender(grid, block, bands, ramp) for _ in range(streams)]
+    it = iter(outputs)
+    zero = None
+    for (ky, kx), skipped in zip(keys, skip):
+        if skipped:
+            if zero is None:
+                zero = np.zeros((bands, grid.out_tile, grid.out_tile), np.float32)
+            tiles: tuple[np.ndarray, ...] = (zero,) * streams
+        else:
+            item = next(it)
+            tiles = (item,) if streams == 1 else tuple(item)
+        for blender, tile in zip(blenders, tiles, strict=True):
+            blender.add(ky, kx, tile)
+    return [b.result() for b in blenders]

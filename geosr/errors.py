@@ -45,6 +45,14 @@ class OutputExistsError(OutputError, FileExistsError):
     """The output exists and was written with different parameters; pass --overwrite to replace it."""
 
 
+class SceneLockedError(OutputError):
+    """Another run holds the scene's lease and did not release it within the wait time."""
+
+
+class LeaseLostError(OutputError):
+    """This run's lease on a scene was taken over (it expired); the run stops so two runs do not both write."""
+
+
 class StorageAuthError(OutputError, PermissionError):
     """Object storage refused the credentials."""
 

@@ -7,19 +7,12 @@ needs no Prefect server and no cluster: it reads headers and ledgers only).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
-from .flows import (
-    _report_state,
-    add_cluster_options,
-    add_config_options,
-    add_source_options,
-    config_overrides,
-    ensure_limit,
-    import_flows,
-    settings_from_args,
-)
+from ..jsonio import dumps
+
+from ._flags import add_config_flags, config_from_args
+from .flows import _report_state, add_cluster_options, add_source_options, ensure_limit, settings_from_args
 
 
 def register(sub) -> None:
@@ -41,7 +34,7 @@ def register(sub) -> None:
     p.add_argument("--deployment", help="fan out as flow runs of this deployment (e.g. super-resolve-scene/on-demand) "
                    "instead of tasks of one flow run")
     add_source_options(p)
-    add_config_options(p)
+    add_config_flags(p)
     add_cluster_options(p)
     p.set_defaults(func=_backfill)
 
@@ -55,24 +48,25 @@ def _scenes(args: argparse.Namespace) -> list[str]:
 
 
 def _backfill(args: argparse.Namespace) -> int:
-    from ..config import load_config
     from ..errors import ConfigError
 
     scenes = _scenes(args)
     if not args.source and not scenes:
         raise ConfigError("give --source and/or --scene/--scenes-file")
+    cfg = config_from_args(args)
     if args.dry_run:
-        return _dry_run(args, scenes, load_config(args.config, config_overrides(args)))
-    mod = import_flows("backfill")
+        return _dry_run(args, scenes, cfg)
+    from ..flows.backfill import backfill
+
     settings = settings_from_args(args)
     if not args.deployment:
         ensure_limit(settings, args.gpu_slots)
     kw = {"fan_out_to": "deployment", "deployment": args.deployment} if args.deployment else {}
-    state = mod.backfill(
+    state = backfill(
         output_prefix=args.output_prefix, source=args.source, scenes=scenes, start=args.start, end=args.end,
         bbox=args.bbox, collection=args.collection, glob=args.glob, source_kind=args.source_kind,
-        max_cloud_cover=args.max_cloud_cover, asset=args.asset, limit=args.limit, config_path=args.config,
-        config=config_overrides(args), overwrite=args.overwrite, seconds_per_tile=args.seconds_per_tile,
+        max_cloud_cover=args.max_cloud_cover, asset=args.asset, limit=args.limit, config=cfg,
+        overwrite=args.overwrite, seconds_per_tile=args.seconds_per_tile,
         settings=settings, return_state=True, **kw)
     return _report_state(state)
 
@@ -97,7 +91,7 @@ def _dry_run(args: argparse.Namespace, scenes: list[str], cfg) -> int:
         rows = [{"scene": s.ref.scene_id, "input": s.ref.input_uri, "output": s.output_uri, "action": s.action,
                  "blocks_total": s.blocks_total, "blocks_todo": s.blocks_todo, "tiles": s.tiles,
                  "tiles_todo": s.tiles_todo, "est_gpu_s": s.est_gpu_s, "error": s.error} for s in plan.scenes]
-        print(json.dumps({"summary": plan.summary(), "scenes": rows}, indent=1))
+        print(dumps({"summary": plan.summary(), "scenes": rows}, indent=1))
     else:
         print(plan.table())
     print("dry run: nothing was run", file=sys.stderr)

@@ -47,7 +47,7 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
+
     from pathlib import Path
 
     import yaml
@@ -109,12 +109,12 @@ def run(args: argparse.Namespace) -> int:
         for k, v in res["seam"].items():
             print(f"| {k} | {v:.4f} | {res['seam_aligned'][k]:.4f} |")
     if args.json:
-        Path(args.json).write_text(json.dumps(res, indent=2) + "\n")
+        Path(args.json).write_text(dumps(res, indent=2) + "\n")
     return 0
 
 
 def _run_manifest(args: argparse.Namespace) -> int:
-    import json
+
     from pathlib import Path
 
     from ..diffusion.evaluate import (BackProjected, classic, evaluate_scenes, manifest_heldout, scenes_table,
@@ -158,5 +158,5 @@ def _run_manifest(args: argparse.Namespace) -> int:
                                         for sc in scenes],
                "model": {"weights": weights, "digest": spec.digest(), "sampling": spec.sampling,
                          "trained": spec.trained}, "tile": tile}
-        Path(args.json).write_text(json.dumps(res, indent=2) + "\n")
+        Path(args.json).write_text(dumps(res, indent=2) + "\n")
     return 0

@@ -5,8 +5,9 @@ for machine-readable output)."""
 from __future__ import annotations
 
 import argparse
-import json
 from typing import Any
+
+from ..jsonio import dumps
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -31,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
                                    anon=args.anon))
     info = describe_store(args.store, env)
     if args.json:
-        print(json.dumps(info, indent=2))
+        print(dumps(info, indent=2))
     else:
         print(format_info(info))
     return 0

@@ -14,7 +14,7 @@ from ..config import RunConfig
 from ..io.storage import StorageEnv, is_remote, strip_protocol
 from ..store import stac_item_uri
 from .backfill import BackfillOutcome, BackfillPlan, format_seconds
-from .scene import SceneRun
+from ..lifecycle import SceneReport
 
 log = logging.getLogger(__name__)
 
@@ -74,10 +74,10 @@ def _num(v: Any, fmt: str) -> str:
     return "-" if math.isnan(f) else format(f, fmt)
 
 
-def scene_markdown(run: SceneRun, *, quicklook: str | None = None, quicklook_link: str | None = None,
+def scene_markdown(run: SceneReport, *, quicklook: str | None = None, quicklook_link: str | None = None,
                    scene_id: str = "") -> str:
     """The per-scene artifact: a markdown table of what went in, what came out and how well."""
-    rep, m = run.report, run.report.metrics
+    rep, m = run, run.metrics
     b, h, w = run.in_shape
     oh, ow = run.out_shape
     model = run.model or {}
@@ -99,17 +99,17 @@ def scene_markdown(run: SceneRun, *, quicklook: str | None = None, quicklook_lin
     ]
     if quicklook:
         rows.append(("quicklook", f"[{quicklook}]({quicklook_link})" if quicklook_link else f"`{quicklook}`"))
-    if run.gpu_workers:
-        rows.append(("GPU workers", ", ".join(f"`{a}`" for a in run.gpu_workers)))
+    if run.workers:
+        rows.append(("GPU workers", ", ".join(f"`{a}`" for a in run.workers)))
     title = f"### geosr: {scene_id or rep.output_uri.rstrip('/').rsplit('/', 1)[-1]}"
     body = "\n".join(f"| {k} | {v} |" for k, v in rows)
     return f"{title}\n\n| | |\n|---|---|\n{body}\n"
 
 
-def scene_result(run: SceneRun, quicklook: str | None = None) -> dict[str, Any]:
+def scene_result(run: SceneReport, quicklook: str | None = None) -> dict[str, Any]:
     """A JSON-able summary of a scene run (flow return values, backfill rows)."""
-    rep, m = run.report, run.report.metrics
-    clean = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in m.items()}
+    rep, m = run, run.metrics
+    clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in m.items()}
     return {
         "state": rep.state, "input": rep.input_uri, "output": rep.output_uri,
         "blocks_total": rep.blocks_total, "blocks_run": rep.blocks_run, "seconds": round(rep.seconds, 3),

@@ -14,16 +14,15 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..config import RunConfig
-from ..engine import ScenePlan
+from ..config import ClassicModel, RunConfig
 from ..errors import GeosrError
 from ..io.source import open_source
 from ..io.storage import StorageEnv
-from ..upsamplers.classic import KINDS
+from ..plan import ScenePlan
 from .discovery import SceneState, scene_states
 from .query import SceneRef
 from .jobs import SceneJob
-from .retry import RetryPolicy, call_with_retry
+from ..retry import STORAGE, RetryPolicy, call_with_retry
 
 log = logging.getLogger(__name__)
 
@@ -103,10 +102,10 @@ def format_seconds(s: float) -> str:
     return f"{s / 3600:.1f} h"
 
 
-def default_seconds_per_tile(model_name: str, tile: int) -> float:
+def default_seconds_per_tile(cfg: RunConfig) -> float:
     """A rough default, scaled by tile area relative to 128 x 128 low-res pixels."""
-    base = DEFAULT_SECONDS_PER_TILE["classic" if model_name in KINDS else "model"]
-    return base * (tile / 128) ** 2
+    base = DEFAULT_SECONDS_PER_TILE["classic" if isinstance(cfg.model, ClassicModel) else "model"]
+    return base * (cfg.tiling.tile / 128) ** 2
 
 
 def _calibrate(states: list[SceneState], env: StorageEnv, model_name: str) -> tuple[float, int] | None:
@@ -145,7 +144,7 @@ def _calibrate(states: list[SceneState], env: StorageEnv, model_name: str) -> tu
 
 def plan_backfill(refs: list[SceneRef], output_prefix: str, cfg: RunConfig, *, overwrite: bool = False,
                   seconds_per_tile: float | None = None, env: StorageEnv | None = None,
-                  retry: RetryPolicy = RetryPolicy(), threads: int = 8) -> BackfillPlan:
+                  retry: RetryPolicy = STORAGE, threads: int = 8) -> BackfillPlan:
     """Plan a backfill of ``refs`` into ``output_prefix`` (reads headers and ledgers only)."""
     env = env or StorageEnv(cfg.storage)
     states = scene_states(refs, output_prefix, env, retry=retry, threads=threads)
@@ -157,7 +156,7 @@ def plan_backfill(refs: list[SceneRef], output_prefix: str, cfg: RunConfig, *, o
         if cal is not None:
             spt, src = cal[0], f"measured on {cal[1]} finished output(s)"
         else:
-            spt, src = default_seconds_per_tile(model_name, cfg.tiling.tile), f"default for {model_name}"
+            spt, src = default_seconds_per_tile(cfg), f"default for {model_name}"
 
     def one(st: SceneState) -> PlannedScene:
         job = SceneJob(st.ref.input_uri, st.output_uri, cfg, overwrite, st.ref.scene_id, st.ref.collection)

@@ -23,7 +23,7 @@ from ..io.storage import StorageEnv, is_remote, strip_protocol
 from .errors import DiscoveryError
 from .jobs import scene_id_from_uri
 from .query import SceneQuery, SceneRef, date_from_name, in_interval, intersects, iso, parse_interval
-from .retry import RetryPolicy, call_with_retry
+from ..retry import RetryPolicy, call_with_retry
 from .stac_source import from_item_collection, from_stac_api
 
 log = logging.getLogger(__name__)

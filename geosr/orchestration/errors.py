@@ -2,19 +2,11 @@
 
 from __future__ import annotations
 
-from ..errors import ConfigError, GeosrError, InputError, OutputError
+from ..errors import ConfigError, GeosrError, InputError
 
 
 class ClusterError(GeosrError, RuntimeError):
     """The Dask cluster cannot run the scene (no GPU-tagged worker, scheduler unreachable, workers keep dying)."""
-
-
-class SceneLockedError(OutputError):
-    """Another run holds the scene's lease and did not release it within the wait time."""
-
-
-class LeaseLostError(OutputError):
-    """This run's lease on a scene was taken over (it expired); the run stops so two runs do not both write."""
 
 
 class DiscoveryError(InputError):

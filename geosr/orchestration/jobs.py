@@ -1,27 +1,15 @@
-"""A scene job: one input, one output, one configuration — run under the scene's lease on a cluster.
-
-This is what every flow runs per scene. Order of events: a complete output is skipped at once (no
-lease, no GPU); otherwise the lease is taken (waiting while another run holds it), then the GPU slot,
-then the blocks; a run that waited for the lease usually finds the scene complete and skips it.
-"""
+"""A scene job: one input, one output, one configuration -- what a flow runs per scene (with
+:func:`geosr.lifecycle.run_scene`), its name, its output URI under a prefix, and its idempotency key."""
 
 from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import posixpath
 import re
 from dataclasses import dataclass
-from typing import Any, Callable, ContextManager
 
 from ..config import RunConfig
-from ..io.storage import StorageEnv
-from .lease import SceneLease
-from .retry import call_with_retry
-from .scene import ClusterRunOptions, ProgressFn, SceneRun, run_scene_distributed
-
-log = logging.getLogger(__name__)
 
 
 def scene_id_from_uri(uri: str) -> str:
@@ -70,37 +58,3 @@ class SceneJob:
                "model": self.config.model.model_dump(mode="json", exclude={"device", "batch_size"}),
                "overwrite": self.overwrite}
         return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:24]
-
-
-@dataclass(frozen=True)
-class LeaseOptions:
-    enabled: bool = True
-    ttl: float = 120.0
-    wait: float = 6 * 3600.0  # how long a second trigger waits for the first one
-    poll: float = 2.0
-
-
-def run_scene_job(job: SceneJob, client: Any, *, slot: Callable[[], ContextManager[Any]] | None = None,
-                  lease: LeaseOptions = LeaseOptions(), options: ClusterRunOptions = ClusterRunOptions(),
-                  progress: ProgressFn | None = None, label: str = "", max_blocks: int | None = None,
-                  extra_provenance: dict[str, Any] | None = None) -> SceneRun:
-    """Run ``job`` on the cluster behind ``client`` under the scene's lease (see the module docstring)."""
-    env = StorageEnv(job.config.storage)
-    from ..store import store_status
-
-    if not job.overwrite:
-        st = call_with_retry(lambda: store_status(job.output_uri, env), options.retry, f"checking {job.output_uri}")
-        if st.state == "complete":
-            if lease.enabled:  # a run killed after finishing the store may have left its lease behind
-                call_with_retry(SceneLease(job.output_uri, env, ttl=lease.ttl).clear_stale, options.retry,
-                                f"checking the lease of {job.output_uri}")
-            return run_scene_distributed(job.input_uri, job.output_uri, job.config, client, env=env,
-                                         options=options)
-    run = lambda check: run_scene_distributed(  # noqa: E731
-        job.input_uri, job.output_uri, job.config, client, overwrite=job.overwrite, env=env, options=options,
-        progress=progress, slot=slot, check=check, max_blocks=max_blocks, extra_provenance=extra_provenance)
-    if not lease.enabled:
-        return run(None)
-    sl = SceneLease(job.output_uri, env, ttl=lease.ttl, label=label or job.name, poll=lease.poll)
-    with sl.hold(wait=lease.wait):
-        return run(sl.check)

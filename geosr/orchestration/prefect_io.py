@@ -10,27 +10,19 @@ from typing import Any
 from ..config import RunConfig, load_config
 from .artifacts import artifact_key, backfill_markdown, public_url, scene_markdown
 from .backfill import BackfillOutcome, BackfillPlan
-from .scene import SceneRun
+from ..lifecycle import SceneReport
 
 log = logging.getLogger(__name__)
 
 
 # -- configuration ------------------------------------------------------------------------------------------
-def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict) and v and not key.endswith("params"):
-            out.update(_flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
-
-
-def resolve_config(config_path: str | None = None, config: dict[str, Any] | None = None) -> RunConfig:
-    """A validated :class:`RunConfig` from a YAML file (optional) and overrides, given nested
-    (``{"tiling": {"scale": 2}}``) or dotted (``{"tiling.scale": 2}``) — flow parameters are JSON."""
-    return load_config(config_path, _flatten(config or {}))
+def resolve_config(config_path: str | None = None, config: RunConfig | None = None) -> RunConfig:
+    """A flow's :class:`RunConfig`: ``config`` itself (Prefect validated it from the flow run's parameters), else
+    the YAML file ``config_path`` (a path, or the name of a packaged config such as ``sentinel2-l2a``), else
+    the defaults."""
+    if config is not None:
+        return config
+    return load_config(config_path)
 
 
 # -- logging ------------------------------------------------------------------------------------------------
@@ -97,14 +89,14 @@ class PrefectProgress:
 
 
 # -- artifacts ----------------------------------------------------------------------------------------------
-def publish_scene(run: SceneRun, scene_id: str, quicklook: str | None, url_map: str | None) -> None:
+def publish_scene(run: SceneReport, scene_id: str, quicklook: str | None, url_map: str | None) -> None:
     from prefect.artifacts import create_image_artifact, create_markdown_artifact
 
     link = public_url(quicklook, url_map) if quicklook else None
     create_markdown_artifact(
         markdown=scene_markdown(run, quicklook=quicklook, quicklook_link=link, scene_id=scene_id),
         key=artifact_key("geosr-scene", scene_id),
-        description=f"geosr {run.state}: {run.report.output_uri}",
+        description=f"geosr {run.state}: {run.output_uri}",
     )
     if link:
         create_image_artifact(image_url=link, key=artifact_key("geosr-quicklook", scene_id),

@@ -20,7 +20,9 @@ from typing import Any, Iterator
 import fsspec
 
 from ..errors import BucketNotFoundError, GeosrError, OutputError, StorageAuthError
+from ..io.failures import Failure, failure_kind
 from ..io.storage import StorageEnv, is_remote, strip_protocol
+from ..jsonio import dumps
 
 log = logging.getLogger(__name__)
 
@@ -178,7 +180,7 @@ class StoreLocation:
 
     def write_json(self, rel: str, doc: dict[str, Any]) -> None:
         """Write ``doc`` at ``rel``; atomically (temp file + rename) on local disk, one PUT on S3."""
-        data = json.dumps(doc, indent=1, sort_keys=True, default=str).encode()
+        data = dumps(doc, indent=1, sort_keys=True).encode()
         self.write_bytes(self.path(rel), data)
 
     def write_bytes(self, path: str, data: bytes) -> None:
@@ -204,18 +206,30 @@ class StoreLocation:
                 return []
 
     def read_many_json(self, rel_dir: str) -> dict[str, dict[str, Any]]:
-        """{file stem: document} for every ``*.json`` directly under ``rel_dir`` (unreadable ones skipped)."""
+        """{file stem: document} for every ``*.json`` directly under ``rel_dir``. A file deleted since the listing
+        is left out, and so is one that is not a JSON document (a torn write: its block counts as not done and
+        is redone); any other failure to read one is raised (and retried by the caller), never taken for
+        "not there"."""
         names = self.json_names(rel_dir)
         if not names:
             return {}
         with storage_errors(self.uri, "read"):
-            blobs = self.fs.cat(names, on_error="omit")
+            blobs = self.fs.cat(names, on_error="return")
+            for p, data in blobs.items():
+                if isinstance(data, BaseException) and not isinstance(data, FileNotFoundError):
+                    raise data
         out: dict[str, dict[str, Any]] = {}
         for p, data in blobs.items():
+            if isinstance(data, BaseException):
+                continue
             try:
-                out[_stem(p)] = json.loads(data)
+                doc = json.loads(data)
             except (UnicodeDecodeError, json.JSONDecodeError):
-                log.warning("ignoring unreadable marker %s (interrupted write?)", p)
+                doc = None
+            if not isinstance(doc, dict):
+                log.warning("ignoring unreadable marker %s (interrupted write?); its block will be redone", p)
+                continue
+            out[_stem(p)] = doc
         return out
 
     def remove(self, rel: str) -> None:

@@ -8,11 +8,11 @@ overview levels, encoding). Values that JSON cannot hold are stored as strings.
 
 from __future__ import annotations
 
-import json
 from datetime import datetime, timezone
 from typing import Any
 
 from .. import __version__
+from ..jsonio import jsonable
 from .encode import SCALE
 from .ledger import STORE_FORMAT
 from .overviews import Level
@@ -23,20 +23,6 @@ ATTR = "geosr"
 
 def utcnow() -> str:
     return datetime.now(timezone.utc).isoformat()
-
-
-def jsonable(doc: Any) -> Any:
-    """``doc`` with everything JSON cannot hold turned into strings (numpy scalars become numbers)."""
-    def default(o: Any) -> Any:
-        item = getattr(o, "item", None)
-        if callable(item):
-            try:
-                return item()
-            except (TypeError, ValueError):
-                pass
-        return str(o)
-
-    return json.loads(json.dumps(doc, default=default))
 
 
 def encoding_note(spec: OutputSpec) -> str:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from ..io.storage import StorageEnv
 from .backend import StoreLocation
@@ -16,12 +16,14 @@ State = Literal["absent", "incomplete", "complete"]
 @dataclass(frozen=True)
 class StoreStatus:
     """``absent``: no geosr store (nothing there, or an interrupted creation); ``incomplete``: created
-    for ``plan_hash``, ``done`` of ``total`` blocks written; ``complete``: finalized."""
+    for ``plan_hash``, ``done`` of ``total`` blocks written; ``complete``: finalized. ``made_from``: what the
+    store was made from (:meth:`geosr.plan.ScenePlan.record`; None for stores older than that record)."""
 
     state: State
     plan_hash: str | None
     done: int
     total: int
+    made_from: dict[str, Any] | None = None
 
 
 def store_status(uri: str, env: StorageEnv) -> StoreStatus:
@@ -36,4 +38,4 @@ def store_status(uri: str, env: StorageEnv) -> StoreStatus:
     spec = OutputSpec.from_dict(plan["spec"])
     done = len(ledger.done_keys() & spec.block_keys)
     state: State = "complete" if ledger.read_complete() is not None else "incomplete"
-    return StoreStatus(state, plan.get("plan_hash"), done, spec.n_blocks)
+    return StoreStatus(state, plan.get("plan_hash"), done, spec.n_blocks, plan.get("made_from"))

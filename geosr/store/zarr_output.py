@@ -81,8 +81,10 @@ class ZarrOutput:
     # -- create / open -------------------------------------------------------------------------------
     @classmethod
     def create(cls, uri: str, spec: OutputSpec, env: StorageEnv, plan_hash: str,
-               overwrite: bool = False) -> "ZarrOutput":
-        """Create the store at ``uri`` with all its metadata (no pixels yet).
+               overwrite: bool = False, made_from: dict[str, Any] | None = None) -> "ZarrOutput":
+        """Create the store at ``uri`` with all its metadata (no pixels yet). ``made_from`` (what the output is
+        made from: input checksum, parameters, model; :meth:`geosr.plan.ScenePlan.record`) is kept in the
+        ledger, so a later run can say what differs.
 
         An existing store raises :class:`OutputExistsError` unless ``overwrite`` (then it is deleted
         first, with its STAC item); a directory that holds something other than a Zarr store is never
@@ -102,6 +104,7 @@ class ZarrOutput:
                 "created": created,
                 "spec": spec.to_dict(),
                 "blocks": {"block": spec.block, "grid": list(spec.block_grid_shape), "total": spec.n_blocks},
+                **({"made_from": made_from} if made_from is not None else {}),
             })
             ledger.end_create()
         log.info("created %s (%d blocks, %d overview levels)", loc.uri, spec.n_blocks, len(levels) - 1)

@@ -7,11 +7,11 @@ from importlib.metadata import entry_points
 from typing import Any, Callable
 
 from ..errors import ConfigError
-from .base import TileBatch, Upsampler, resolve_device
+from .base import DrawsSamples, ProjectsBlended, TileBatch, Upsampler, UpsamplesWindows, resolve_device
 from .classic import KINDS, ClassicUpsampler
 
-__all__ = ["TileBatch", "Upsampler", "resolve_device", "build_upsampler", "available", "register",
-           "sampling_models", "require_sampling"]
+__all__ = ["TileBatch", "Upsampler", "DrawsSamples", "ProjectsBlended", "UpsamplesWindows", "resolve_device",
+           "build_upsampler", "available", "register", "sampling_models", "require_sampling"]
 
 _EXTRA: dict[str, Callable[..., Upsampler]] = {}
 
@@ -21,28 +21,27 @@ def register(name: str, factory: Callable[..., Upsampler]) -> None:
     _EXTRA[name] = factory
 
 
+# name -> ("module:factory", whether its upsampler draws samples); imported only when asked for, so
+# torch/diffusers load lazily (and the abilities of a built-in model are known without importing it)
+_BUILTIN: dict[str, tuple[str, bool]] = {"ldm": ("geosr.diffusion.upsampler:build", True)}
+
+
 def _builtin_models() -> dict[str, str]:
-    # name -> "module:factory"; imported only when asked for, so torch/diffusers load lazily
-    return {"ldm": "geosr.diffusion.upsampler:build"}
-
-
-def _builtin_sampling() -> frozenset[str]:
-    # built-in models whose upsampler has ``sample_with_std`` (known without importing them)
-    return frozenset({"ldm"})
+    return {name: target for name, (target, _) in _BUILTIN.items()}
 
 
 def sampling_models() -> list[str]:
-    """Models known to draw several samples per tile (``sample_with_std``): the built-in ones, plus
+    """Models known to draw several samples per tile (:class:`DrawsSamples`): the built-in ones, plus
     registered factories whose product class says so (``register`` of a class with ``sample_with_std``)."""
-    names = set(_builtin_sampling())
-    names |= {n for n, f in _EXTRA.items() if callable(getattr(f, "sample_with_std", None))}
+    names = {name for name, (_, samples) in _BUILTIN.items() if samples}
+    names |= {n for n, f in _EXTRA.items() if isinstance(f, DrawsSamples)}
     return sorted(names)
 
 
 def require_sampling(upsampler: Upsampler, samples: int) -> None:
     """Raise :class:`ConfigError` when ``samples`` (``output.uncertainty_samples``) asks for uncertainty
     and ``upsampler`` cannot draw samples. Call it once the model is built, before anything is written."""
-    if samples and not callable(getattr(upsampler, "sample_with_std", None)):
+    if samples and not isinstance(upsampler, DrawsSamples):
         name = getattr(upsampler, "name", type(upsampler).__name__)
         raise ConfigError(
             f"output.uncertainty_samples={samples} needs a model that draws samples (sample_with_std); model "

@@ -50,6 +50,35 @@ class Upsampler(Protocol):
     def describe(self) -> dict[str, Any]: ...
 
 
+# -- abilities: what a model may offer beyond the contract above. The engine asks ``isinstance(up, Ability)``
+# (structural: any class with the method has the ability), never for a model's class or name.
+@runtime_checkable
+class ProjectsBlended(Protocol):
+    """Re-imposes low-resolution consistency on a blended block: ``project_blended(hr (C,sH,sW), lowres (C,H,W))``
+    -> (C,sH,sW) float32, local to each low-res pixel (so aligned block partitions give identical bytes)."""
+
+    def project_blended(self, hr: np.ndarray, lowres: np.ndarray) -> np.ndarray: ...
+
+
+@runtime_checkable
+class DrawsSamples(Protocol):
+    """A stochastic model: ``sample_with_std(batch, n)`` -> (mean, std) over ``n`` samples, each of the batch's
+    output shape (``output.uncertainty_samples``)."""
+
+    def sample_with_std(self, batch: TileBatch, n: int) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+@runtime_checkable
+class UpsamplesWindows(Protocol):
+    """A model that can upsample a block's whole low-res window at once and give the tiled path's exact bytes
+    (the classic kernels, :mod:`geosr.upsamplers.window_path`). Returns None when it cannot for this window
+    (then the engine uses the tiles)."""
+
+    def upsample_block_window(self, grid: Any, block: Any, window: np.ndarray, window_valid: np.ndarray,
+                              window_origin: tuple[int, int], ramp: str,
+                              out: np.ndarray | None = None) -> np.ndarray | None: ...
+
+
 def resolve_device(device: str = "auto") -> str:
     """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``; anything else is returned checked.
     ``cpu`` is returned as is, without importing torch (seconds of start-up the classic kernels skip)."""

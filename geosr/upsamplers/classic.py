@@ -182,6 +182,17 @@ class ClassicUpsampler:
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "version": self.version, "scale": self.scale, "kind": self.kind}
 
+    def upsample_block_window(self, grid: Any, block: Any, window: np.ndarray, window_valid: np.ndarray,
+                              window_origin: tuple[int, int], ramp: str,
+                              out: np.ndarray | None = None) -> np.ndarray | None:
+        """The window path (:class:`~geosr.upsamplers.UpsamplesWindows`, :mod:`.window_path`): on CPU, a block
+        whose window allows it is upsampled as one window, with the tiled path's bytes; None otherwise."""
+        from . import window_path
+
+        if self.device != "cpu" or not window_path.applies(grid, window, window_valid):
+            return None
+        return window_path.upsample_block(grid, block, window, window_origin, self.kind, ramp, out=out)
+
     def _resample_axis_torch(self, x, axis: int, out, torch) -> None:
         """CUDA: :func:`resample_padded`'s multiply-adds, in the same order, with torch; edges mirrored."""
         s = self.scale

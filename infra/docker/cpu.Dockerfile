@@ -7,7 +7,7 @@
 #   docker build -f infra/docker/cpu.Dockerfile -t geosr-cpu:0.1.0 --build-arg TORCH_VERSION=2.13.0 .
 #
 # Build context: the repository root (infra/docker/cpu.Dockerfile.dockerignore keeps it small).
-# Layers: Python base -> torch (CPU build) -> pinned dependencies -> geosr -> configs + flows + entrypoint.
+# Layers: Python base -> torch (CPU build) -> pinned dependencies -> geosr (with its flows) -> configs + entrypoint.
 
 ARG PYTHON_VERSION=3.11.14
 ARG DEBIAN_RELEASE=bookworm
@@ -45,9 +45,8 @@ LABEL org.opencontainers.image.title="geosr-cpu" \
 RUN groupadd --gid 10001 geosr && useradd --uid 10001 --gid 10001 --create-home --shell /usr/sbin/nologin geosr \
     && mkdir -p /var/lib/geosr/weights /var/lib/geosr/dask && chown -R 10001:10001 /var/lib/geosr
 COPY --from=build /opt/venv /opt/venv
-COPY configs /opt/geosr/configs
-# Flow code and deployment definitions, for `prefect deploy` / `geosr flows serve` from /opt/geosr.
-COPY flows /opt/geosr/flows
+COPY geosr/configs /opt/geosr/configs
+# Deployment definitions, for `prefect deploy` from /opt/geosr (the flows are in the installed geosr.flows).
 COPY prefect.yaml /opt/geosr/prefect.yaml
 COPY --chmod=0755 infra/docker/entrypoint.sh /opt/geosr/bin/entrypoint.sh
 COPY --chmod=0644 infra/docker/fetch_weights.py /opt/geosr/bin/fetch_weights.py

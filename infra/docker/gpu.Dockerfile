@@ -65,9 +65,8 @@ RUN groupadd --gid 10001 geosr && useradd --uid 10001 --gid 10001 --create-home 
     && mkdir -p /var/lib/geosr/weights /var/lib/geosr/dask && chown -R 10001:10001 /var/lib/geosr
 COPY --from=build /opt/python /opt/python
 COPY --from=build /opt/venv /opt/venv
-COPY configs /opt/geosr/configs
-# Flow code and deployment definitions: flow-run pods that get a GPU themselves use this image too.
-COPY flows /opt/geosr/flows
+COPY geosr/configs /opt/geosr/configs
+# Deployment definitions, for `prefect deploy` from /opt/geosr (the flows are in the installed geosr.flows).
 COPY prefect.yaml /opt/geosr/prefect.yaml
 COPY ${MODELS_DIR}/ /opt/geosr/models/
 COPY --chmod=0755 infra/docker/entrypoint.sh /opt/geosr/bin/entrypoint.sh

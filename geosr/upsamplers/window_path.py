@@ -23,9 +23,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .blend import BlockBlender
-from .grid import Block, TileGrid, mirror_indices
-from .upsamplers.classic import margins, pad_width, upsample_window
+from ..blend import BlockBlender
+from ..grid import Block, TileGrid, mirror_indices
+from .classic import margins, pad_width, upsample_window
 
 BAND_ROWS = 8  # low-res rows per pass of the window upsampling: about 2 MB in flight, in cache
 

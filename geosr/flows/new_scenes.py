@@ -12,21 +12,20 @@ from typing import Any
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
-from flows.scene import super_resolve
-from geosr.io.storage import StorageEnv
-from geosr.orchestration.cluster import cluster_address
-from geosr.orchestration.discovery import discover, pending
-from geosr.orchestration.query import SceneQuery, lookback_interval, parse_bbox
-from geosr.orchestration.fan_out import SceneCall, fan_out, finish
-from geosr.orchestration.prefect_io import publish_backfill, resolve_config, run_logger
-from geosr.orchestration.settings import RunSettings
+from .scene import scene_task
+from ..config import RunConfig, StorageConfig
+from ..io.storage import StorageEnv
+from ..orchestration.cluster import cluster_address
+from ..orchestration.discovery import discover, pending
+from ..orchestration.query import SceneQuery, lookback_interval, parse_bbox
+from ..orchestration.fan_out import SceneCall, fan_out, finish
+from ..orchestration.prefect_io import publish_backfill, resolve_config, run_logger
+from ..orchestration.settings import RunSettings
 
 
 @task(name="find-new-scenes", retries=2, retry_delay_seconds=10, cache_policy=NO_CACHE)
-def find_new_scenes(query: SceneQuery, output_prefix: str, storage: dict[str, Any], overwrite: bool) -> list[dict[str, Any]]:
-    from geosr.config import StorageConfig
-
-    env = StorageEnv(StorageConfig.model_validate(storage))
+def find_new_scenes(query: SceneQuery, output_prefix: str, storage: StorageConfig, overwrite: bool) -> list[dict[str, Any]]:
+    env = StorageEnv(storage)
     todo = pending(discover(query, env), output_prefix, env, overwrite=overwrite)
     return [{"scene_id": s.ref.scene_id, "input_uri": s.ref.input_uri, "output_uri": s.output_uri,
              "collection": s.ref.collection, "acquired": s.ref.datetime, "state": s.state} for s in todo]
@@ -37,23 +36,22 @@ def process_new_scenes(source: str, output_prefix: str, glob: str = "*.tif", sou
                        collection: str | None = None, bbox: list[float] | str | None = None,
                        datetime: str | None = None, lookback_days: float | None = None,
                        max_cloud_cover: float | None = None, asset: str | None = None, limit: int | None = None,
-                       config_path: str | None = None, config: dict[str, Any] | None = None,
+                       config: RunConfig | None = None, config_path: str | None = None,
                        overwrite: bool = False, settings: RunSettings | None = None) -> dict[str, Any]:
     settings = settings or RunSettings()
     cfg = resolve_config(config_path, config)
     when = datetime or lookback_interval(lookback_days)
     query = SceneQuery(source, source_kind, glob, collection, parse_bbox(bbox), when, max_cloud_cover, asset, limit)
-    todo = find_new_scenes(query, output_prefix, cfg.storage.model_dump(mode="json"), overwrite)
+    todo = find_new_scenes(query, output_prefix, cfg.storage, overwrite)
     logger = run_logger()
     logger.info("%d scene(s) of %s to process", len(todo), source)
     if not todo:
         return {"done": 0, "skipped": 0, "failed": 0, "scenes": []}
-    cfg_json = cfg.model_dump(mode="json")
     with cluster_address(settings.cluster_spec()) as address:
         calls = [SceneCall(s["scene_id"], s["output_uri"], {
-            "input_uri": s["input_uri"], "output_uri": s["output_uri"], "config": cfg_json, "settings": settings,
+            "input_uri": s["input_uri"], "output_uri": s["output_uri"], "config": cfg, "settings": settings,
             "dask_address": address, "overwrite": overwrite, "scene_id": s["scene_id"],
             "collection": s["collection"], "acquired": s["acquired"]}) for s in todo]
-        outcome = fan_out(super_resolve, calls, settings.max_concurrent_scenes)
+        outcome = fan_out(scene_task, calls, settings.max_concurrent_scenes)
     publish_backfill(outcome, None, key="geosr-new-scenes", title=f"geosr new scenes of {source}")
     return finish({**outcome.counts(), "scenes": outcome.done + outcome.skipped + outcome.failed}, outcome)

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from flows.backfill import backfill
-from flows.new_scenes import process_new_scenes
-from flows.scene import super_resolve_scene
-from geosr.orchestration.settings import RunSettings
+from .backfill import backfill
+from .new_scenes import process_new_scenes
+from .scene import super_resolve_scene
+from ..orchestration.settings import RunSettings
 
 
 def deployments(settings: RunSettings, *, new_scenes: dict[str, Any] | None = None, cron: str | None = None,

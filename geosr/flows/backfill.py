@@ -17,26 +17,24 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
-from flows.scene import super_resolve
-from geosr.io.storage import StorageEnv
-from geosr.orchestration.artifacts import artifact_key
-from geosr.orchestration.backfill import BackfillOutcome, BackfillPlan, plan_backfill
-from geosr.orchestration.cluster import cluster_address
-from geosr.orchestration.discovery import discover, explicit_scenes
-from geosr.orchestration.query import SceneQuery, interval_text, parse_bbox
-from geosr.orchestration.fan_out import SceneCall, fan_out, finish, submit_deployment_runs, wait_flow_runs
-from geosr.orchestration.prefect_io import publish_backfill, resolve_config, run_logger
-from geosr.orchestration.settings import RunSettings
+from .scene import scene_task
+from ..config import RunConfig
+from ..io.storage import StorageEnv
+from ..orchestration.artifacts import artifact_key
+from ..orchestration.backfill import BackfillOutcome, BackfillPlan, plan_backfill
+from ..orchestration.cluster import cluster_address
+from ..orchestration.discovery import discover, explicit_scenes
+from ..orchestration.query import SceneQuery, interval_text, parse_bbox
+from ..orchestration.fan_out import SceneCall, fan_out, finish, submit_deployment_runs, wait_flow_runs
+from ..orchestration.prefect_io import publish_backfill, resolve_config, run_logger
+from ..orchestration.settings import RunSettings
 
 SCENE_DEPLOYMENT = "super-resolve-scene/on-demand"
 
 
 @task(name="plan-backfill", retries=2, retry_delay_seconds=10, cache_policy=NO_CACHE)
-def plan(query: SceneQuery | None, scenes: list[str], output_prefix: str, config: dict[str, Any], overwrite: bool,
+def plan(query: SceneQuery | None, scenes: list[str], output_prefix: str, cfg: RunConfig, overwrite: bool,
          seconds_per_tile: float | None) -> BackfillPlan:
-    from geosr.config import RunConfig
-
-    cfg = RunConfig.model_validate(config)
     env = StorageEnv(cfg.storage)
     refs = discover(query, env) if query is not None else []
     seen = {r.input_uri for r in refs}
@@ -49,7 +47,7 @@ def backfill(output_prefix: str, source: str | None = None, scenes: list[str] | 
              start: str | None = None, end: str | None = None, bbox: list[float] | str | None = None,
              collection: str | None = None, glob: str = "*.tif", source_kind: str = "auto",
              max_cloud_cover: float | None = None, asset: str | None = None, limit: int | None = None,
-             config_path: str | None = None, config: dict[str, Any] | None = None, overwrite: bool = False,
+             config: RunConfig | None = None, config_path: str | None = None, overwrite: bool = False,
              dry_run: bool = False, seconds_per_tile: float | None = None,
              fan_out_to: Literal["tasks", "deployment"] = "tasks", deployment: str = SCENE_DEPLOYMENT,
              settings: RunSettings | None = None) -> dict[str, Any]:
@@ -59,8 +57,7 @@ def backfill(output_prefix: str, source: str | None = None, scenes: list[str] | 
         raise ValueError("give a source (prefix, STAC API or ItemCollection) and/or a list of scenes")
     query = (SceneQuery(source, source_kind, glob, collection, parse_bbox(bbox), interval_text(start, end),
                         max_cloud_cover, asset, limit) if source else None)
-    cfg_json = cfg.model_dump(mode="json")
-    p = plan(query, list(scenes or []), output_prefix, cfg_json, overwrite, seconds_per_tile)
+    p = plan(query, list(scenes or []), output_prefix, cfg, overwrite, seconds_per_tile)
     logger = run_logger()
     logger.info("backfill plan:\n%s", p.table())
     if dry_run:
@@ -75,7 +72,7 @@ def backfill(output_prefix: str, source: str | None = None, scenes: list[str] | 
     todo = p.to_run
     if todo and fan_out_to == "deployment":
         calls = [SceneCall(s.ref.scene_id, s.output_uri, {
-            "input_uri": s.ref.input_uri, "output_uri": s.output_uri, "config": cfg_json, "overwrite": overwrite,
+            "input_uri": s.ref.input_uri, "output_uri": s.output_uri, "config": cfg.model_dump(mode="json"), "overwrite": overwrite,
             "collection": s.ref.collection, "acquired": s.ref.datetime, "settings": settings.model_dump(mode="json"),
             "idempotency_key": s.key}) for s in todo]
         runs = submit_deployment_runs(deployment, calls, key_prefix=f"geosr-backfill:{flow_run.id}")
@@ -83,10 +80,10 @@ def backfill(output_prefix: str, source: str | None = None, scenes: list[str] | 
     elif todo:
         with cluster_address(settings.cluster_spec()) as address:
             calls = [SceneCall(s.ref.scene_id, s.output_uri, {
-                "input_uri": s.ref.input_uri, "output_uri": s.output_uri, "config": cfg_json, "settings": settings,
+                "input_uri": s.ref.input_uri, "output_uri": s.output_uri, "config": cfg, "settings": settings,
                 "dask_address": address, "overwrite": overwrite, "scene_id": s.ref.scene_id,
                 "collection": s.ref.collection, "acquired": s.ref.datetime}) for s in todo]
-            fan_out(super_resolve, calls, settings.max_concurrent_scenes, outcome)
+            fan_out(scene_task, calls, settings.max_concurrent_scenes, outcome)
     publish_backfill(outcome, p)
     return finish({**outcome.counts(), "plan": p.summary(), "done_scenes": outcome.done,
                    "skipped_scenes": outcome.skipped, "failed_scenes": outcome.failed}, outcome)

@@ -1,5 +1,5 @@
-"""One small object with compare-and-swap writes, on S3 or on a local/network filesystem: what the scene
-lease (:mod:`.lease`) is built on. ``token`` is the object's ETag (S3) or the sha256 of its bytes (disk).
+"""A compare-and-swap object: one small object whose writes succeed only from the state the writer last saw,
+on S3 or on a local/network filesystem. The scene lease (:mod:`.lease`) is built on it. ``token`` is the object's ETag (S3) or the sha256 of its bytes (disk).
 
 * S3: ``If-None-Match: *`` to create, ``If-Match: <ETag>`` to replace and delete (fsspec/s3fs calls).
 * Disk: ``O_EXCL`` to create; replace and delete under an exclusive ``lockf`` of ``<object>.guard``. The
@@ -17,39 +17,23 @@ import uuid
 from contextlib import contextmanager
 from typing import Any, Iterator, Protocol
 
+from ..io.failures import precondition_failed
 from ..io.storage import StorageEnv, is_remote, strip_protocol
 
 
-class ConditionalObject(Protocol):
+class CasObject(Protocol):
     def create(self, data: bytes) -> str | None: ...  # token, or None if the object exists
     def read(self) -> tuple[bytes, str] | None: ...  # (data, token), or None if absent
     def replace(self, data: bytes, token: str) -> str | None: ...  # new token, or None if not at ``token``
     def delete(self, token: str) -> bool: ...  # False if the object is not at ``token``
 
 
-def conditional_object(uri: str, env: StorageEnv) -> ConditionalObject:
+def cas_object(uri: str, env: StorageEnv) -> CasObject:
     if not is_remote(uri):
         return LocalObject(strip_protocol(uri))
     if not str(uri).startswith(("s3://", "s3a://")):
         raise ValueError(f"{uri}: scene leases support local paths and s3:// only")
     return S3Object(uri, env)
-
-
-def _precondition_failed(exc: BaseException) -> bool:
-    e: BaseException | None = exc
-    for _ in range(8):
-        if e is None:
-            break
-        resp = getattr(e, "response", None)
-        if isinstance(resp, dict):
-            code = str(resp.get("Error", {}).get("Code", ""))
-            if code in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409"):
-                return True
-        text = str(e).lower()
-        if "precondition" in text or "pre-condition" in text:
-            return True
-        e = e.__cause__ or e.__context__
-    return False
 
 
 class S3Object:
@@ -62,7 +46,7 @@ class S3Object:
         try:
             resp = self.fs.pipe_file(self.path, data, mode="create")
         except (OSError, ValueError) as e:
-            if _precondition_failed(e) or isinstance(e, FileExistsError):
+            if precondition_failed(e) or isinstance(e, FileExistsError):
                 return None
             raise
         return self._etag(resp)
@@ -84,7 +68,7 @@ class S3Object:
         try:
             resp = self.fs.pipe_file(self.path, data, IfMatch=token)
         except (OSError, ValueError) as e:
-            if _precondition_failed(e) or isinstance(e, FileNotFoundError):
+            if precondition_failed(e) or isinstance(e, FileNotFoundError):
                 return None
             raise
         return self._etag(resp)
@@ -93,7 +77,7 @@ class S3Object:
         try:
             self.fs.call_s3("delete_object", Bucket=self.bucket, Key=self.key, IfMatch=token)
         except (OSError, ValueError) as e:
-            if _precondition_failed(e):
+            if precondition_failed(e):
                 return False
             if isinstance(e, FileNotFoundError):
                 return True

@@ -29,10 +29,12 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Iterator
 
+from ..errors import LeaseLostError, SceneLockedError
+from ..io.failures import is_transient
 from ..io.storage import StorageEnv
-from .conditional import conditional_object
-from .errors import LeaseLostError, SceneLockedError
-from .retry import RetryPolicy, call_with_retry, is_transient
+from ..retry import STORAGE, RetryPolicy, call_with_retry
+from .backend import StoreLocation, storage_errors
+from .cas_object import cas_object
 
 log = logging.getLogger(__name__)
 
@@ -66,23 +68,38 @@ class LeaseRecord:
 
     def stale(self, now: float) -> bool:
         """Expired, or held by a process of this host that no longer runs."""
-        if now >= self.expires:
-            return True
+        return self.why_stale(now) is not None
+
+    def why_stale(self, now: float) -> str | None:
+        """Why the lease may be taken over (in words), or None while its holder may still be working."""
         if self.host == socket.gethostname() and self.pid != os.getpid():
             try:
                 os.kill(self.pid, 0)
             except ProcessLookupError:
-                return True
+                return f"its holder, process {self.pid} on this host, is gone"
             except PermissionError:
-                return False
-        return False
+                pass
+        if now >= self.expires:
+            return f"it expired {now - self.expires:.0f} s ago"
+        return None
+
+
+@dataclass(frozen=True)
+class LeaseOptions:
+    """How a run takes a scene's lease (see :func:`geosr.lifecycle.run_scene`)."""
+
+    enabled: bool = True
+    ttl: float = 120.0
+    wait: float = 6 * 3600.0  # how long a second run of a scene waits for the first one
+    poll: float = 2.0
+    label: str = ""
 
 
 class SceneLease:
     """The lease of one output store. Use :meth:`hold` (a context manager) rather than the pieces."""
 
     def __init__(self, output_uri: str, env: StorageEnv, *, ttl: float = 120.0, label: str = "",
-                 poll: float = 2.0, retry: RetryPolicy = RetryPolicy()) -> None:
+                 poll: float = 2.0, retry: RetryPolicy = STORAGE) -> None:
         if ttl <= 0:
             raise ValueError(f"lease ttl={ttl}: must be positive")
         self.output_uri = output_uri
@@ -93,7 +110,7 @@ class SceneLease:
         self.env = env
         self.label = label
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
-        self._backend = conditional_object(self.uri, env)
+        self._backend = cas_object(self.uri, env)
         self._token: str | None = None
         self._lost = threading.Event()
         self._stop = threading.Event()
@@ -127,8 +144,9 @@ class SceneLease:
             if held is not None and held.owner != self.owner and not held.stale(rec.acquired):
                 return held
             if held is None or held.owner != self.owner:
-                log.warning("taking over the stale lease of %s (%s)", self.output_uri,
-                            f"held by {held.owner}, expired" if held else "unreadable")
+                why = held.why_stale(rec.acquired) if held else None
+                log.warning("taking over the lease of %s (%s)", self.output_uri,
+                            f"held by {held.owner}: {why}" if held else "unreadable")
             token = self._backend.replace(rec.to_bytes(), cur[1])
             break
         if token is None or not self._verify(token):
@@ -151,8 +169,6 @@ class SceneLease:
     def acquire(self, wait: float = 0.0) -> None:
         """Take the lease, waiting up to ``wait`` seconds while another live run holds it
         (:class:`SceneLockedError` after that)."""
-        from ..store.backend import StoreLocation, storage_errors
-
         StoreLocation(self.output_uri, self.env).check_bucket()  # some S3 servers create a missing bucket on PUT
         deadline = time.monotonic() + max(0.0, wait)
         announced = False
