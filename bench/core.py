@@ -69,7 +69,10 @@ def floor_run(inp: str, out: str, scale: int, chunk: int, block: int, workers: i
     import rasterio
 
     from geosr.config import load_config
-    from geosr.engine import ScenePlan, blend_block, build_model, read_block, upsample_tiles
+    from geosr.block_step import super_resolve_block
+    from geosr.plan import ScenePlan
+    from geosr.tiles import read_block
+    from geosr.upsamplers.recipe import ModelRecipe
     from geosr.io.source import open_source
     from geosr.io.storage import StorageEnv
     from geosr.store import ZarrOutput
@@ -79,12 +82,12 @@ def floor_run(inp: str, out: str, scale: int, chunk: int, block: int, workers: i
     cfg = load_config(None, {"tiling.scale": scale, "tiling.chunk": chunk, "tiling.block": block,
                              "model.name": "bicubic", "model.device": "cpu"})
     src = open_source(inp, cfg.input, StorageEnv())
-    up = build_model(cfg, len(src.meta.band_indexes))
+    up = ModelRecipe.from_config(cfg, len(src.meta.band_indexes)).build()
     plan = ScenePlan(inp, out, cfg, src.meta, up.describe())
     blocks = list(plan.blocks)
     sample = blocks[len(blocks) // 2]
     bi = read_block(plan, sample, src)
-    data, valid = blend_block(plan, bi, upsample_tiles(up, bi, 0))
+    data, _std, valid = super_resolve_block(plan, bi, up)
     real = encode(data, valid, cfg.output.dtype)  # one real output block, encoded
     del data, valid, bi
     store = ZarrOutput.create(out, plan.output_spec(), StorageEnv(), "floor", overwrite=True)
@@ -109,7 +112,7 @@ def floor_run(inp: str, out: str, scale: int, chunk: int, block: int, workers: i
 
 def geosr_run(inp: str, out: str, scale: int, chunk: int, block: int, workers: int) -> dict:
     from geosr.config import load_config
-    from geosr.engine import run_scene
+    from geosr.lifecycle import run_scene
 
     cfg = load_config(None, {"tiling.scale": scale, "tiling.chunk": chunk, "tiling.block": block,
                              "workers": workers, "model.name": "bicubic", "model.device": "cpu"})

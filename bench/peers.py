@@ -90,7 +90,7 @@ def ldm_run(inp: str, out: str, scale: int, chunk: int, crop: int = 256) -> dict
     from rasterio.windows import Window
 
     from geosr.config import load_config
-    from geosr.engine import run_scene
+    from geosr.lifecycle import run_scene
 
     small = str(Path(out).with_suffix(".crop.tif"))
     with rasterio.open(inp) as src:

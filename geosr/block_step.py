@@ -8,29 +8,20 @@ path) -> blend -> project -> stats -> write the block's chunks -> mark it done.
 from __future__ import annotations
 
 import time
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
 from .blend import blend_tiles
-from .grid import Block
 from .plan import ScenePlan
 from .project import project_block
+from .rasters import RasterSink
 from .retry import STORAGE, RetryPolicy, call_with_retry
 from .scratch import buffer
 from .stats import block_stats
 from .tiles import BlockInput, ReadResult
 from .upsample import BatchSize, block_tiles, window_upsample
 from .upsamplers import Upsampler
-
-
-class RasterSink(Protocol):
-    """Where the blocks of a scene go: :class:`geosr.store.ZarrOutput`, or an in-memory fake
-    (:class:`geosr.memory.MemorySink`) for eval and tests."""
-
-    def write_block(self, block: Block, data: np.ndarray, valid: np.ndarray, std: np.ndarray | None = None) -> None: ...
-
-    def mark_done(self, block: Block, stats: dict[str, Any]) -> None: ...
 
 
 def super_resolve_block(plan: ScenePlan, inp: BlockInput, upsampler: Upsampler, batch: BatchSize | None = None,

@@ -199,13 +199,20 @@ class OutputLayout(_Frozen):
     compressor: Literal["zstd", "blosc", "none"] = Field(
         default="blosc", description="blosc = Blosc(zstd, byte shuffle): on uint16 reflectance ~2.7x faster than "
         "plain zstd-3 at a better ratio; GDAL's Zarr driver reads both")
-    level: int = Field(default=1, ge=0, le=22)
+    level: int = Field(default=1, description="compression level, 0..22")
     overviews: int | None = Field(default=None, ge=0, description="number of 2x overview levels; default: until < 256 px")
     variable: str = "reflectance"
     uncertainty_samples: int = Field(
         default=0, ge=0, le=256,
         description="0 = off; N >= 2 draws N samples per tile (a stochastic model, e.g. ldm), writes their mean "
         "as <variable> and the per-pixel standard deviation as <variable>_std (level 0 only); N times the model cost")
+
+    @field_validator("level")
+    @classmethod
+    def _level(cls, v: int) -> int:
+        if not 0 <= v <= 22:
+            raise ValueError(f"level={v}: compression level must be within 0..22")
+        return v
 
     @field_validator("uncertainty_samples")
     @classmethod
@@ -217,7 +224,7 @@ class OutputLayout(_Frozen):
     @model_validator(mode="after")
     def _check_shard(self) -> OutputLayout:
         if self.shard is not None and self.zarr_format != 3:
-            raise ValueError("shard needs zarr_format: 3 (Zarr v2 has no sharding)")
+            raise ValueError("shard needs zarr_format 3 (set zarr_format: 3, or drop shard: Zarr v2 has no sharding)")
         return self
 
 
@@ -256,14 +263,29 @@ class RunConfig(_Frozen):
 
 
 # -- loading ----------------------------------------------------------------------------------------------------
-def _format_validation(err: ValidationError, source: str) -> str:
+def _message(e: Any) -> str:
+    """One pydantic error in words that say what is accepted."""
+    if e["type"] == "literal_error":
+        expected = str(e.get("ctx", {}).get("expected", ""))
+        values = [v.strip().strip("'") for v in re.split(r",| or ", expected) if v.strip()]
+        return f"use one of {', '.join(values)}"
+    msg = str(e["msg"])
+    return msg[len("Value error, "):] if msg.startswith("Value error, ") else msg
+
+
+def format_errors(err: ValidationError, source: str) -> str:
+    """A :class:`ValidationError` on one line: ``invalid <source>: field: what is accepted (got ...)``."""
     parts = []
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"] if p not in ("classic", "ldm", "plugin")) or "(root)"
         got = e.get("input")
         shown = repr(got) if not isinstance(got, dict) else "a mapping"
-        parts.append(f"{loc}: {e['msg']} (got {shown[:80]})")
-    return f"invalid configuration in {source}: " + "; ".join(parts)
+        parts.append(f"{loc}: {_message(e)} (got {shown[:80]})")
+    return f"invalid {source}: " + "; ".join(parts)
+
+
+def _format_validation(err: ValidationError, source: str) -> str:
+    return format_errors(err, f"configuration in {source}")
 
 
 def _set_dotted(d: dict[str, Any], key: str, value: Any) -> None:

@@ -27,7 +27,8 @@ from . import __version__
 from .config import RunConfig
 from .errors import ConfigError, OutputError, OutputExistsError
 from .grid import Block
-from .io.source import RasterSource, open_source
+from .io.source import open_source
+from .rasters import RasterSource
 from .io.storage import StorageEnv
 from .plan import ScenePlan
 from .retry import STORAGE, RetryPolicy, call_with_retry

@@ -12,9 +12,9 @@ import os
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any, Callable
 
-from .block_step import RasterSink, model_step
+from .block_step import model_step
 from .grid import Block
-from .io.source import RasterSource
+from .rasters import RasterSink, RasterSource
 from .lifecycle import ModelInfo
 from .plan import ScenePlan
 from .retry import RetryPolicy
@@ -33,8 +33,11 @@ class LocalExecutor:
         self.batch: BatchSize | None = None
         self.workers_used: tuple[str, ...] = ("local",)
 
-    def load_model(self, recipe: ModelRecipe, samples: int) -> ModelInfo:
+    def load_model(self, recipe: ModelRecipe | None, samples: int) -> ModelInfo:
+        """Build ``recipe`` in this process (or take the ``upsampler`` given at construction)."""
         if self.upsampler is None:
+            if recipe is None:
+                raise ValueError("no model: give a recipe or an upsampler")
             self.upsampler = recipe.build()
         require_sampling(self.upsampler, samples)
         self.batch = BatchSize(self.upsampler.batch_size)

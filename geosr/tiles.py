@@ -12,7 +12,7 @@ import numpy as np
 from scipy import ndimage
 
 from .grid import Block, TileGrid, mirror_indices
-from .io.source import RasterSource
+from .rasters import RasterSource
 from .plan import ScenePlan
 from .retry import STORAGE, RetryPolicy, call_with_retry
 
@@ -23,7 +23,7 @@ class BlockInput:
 
     The tiles (nodata filled per tile) are cut from the window when first asked for (``pixels``,
     ``origins``, ``skip``), so a model that does not need them (the classic kernels' window path,
-    :mod:`geosr.separable`) never pays for them; :func:`read_block` cuts them at once for other models.
+    :mod:`geosr.upsamplers.window_path`) never pays for them; :func:`read_block` cuts them at once for other models.
     Picklable (what was cut travels with it)."""
 
     block: Block

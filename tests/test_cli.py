@@ -107,7 +107,7 @@ def test_unwritable_output(scene, tmp_path, capsys):
 
 def test_incomplete_output_other_parameters(scene, tmp_path, capsys):
     from geosr.config import load_config
-    from geosr.engine import run_scene
+    from geosr.lifecycle import run_scene
 
     out = tmp_path / "o.zarr"
     cfg = load_config(None, {"tiling.scale": 2, "tiling.tile": 32, "tiling.overlap": 8, "tiling.chunk": 64,

@@ -10,7 +10,7 @@ import rioxarray  # noqa: F401  (registers .rio)
 import xarray as xr
 
 from geosr.config import load_config
-from geosr.engine import run_scene
+from geosr.lifecycle import run_scene
 from geosr.io.sample import sample_path
 from geosr.store import stac_item_uri
 from tests.data.synthetic import make_geotiff

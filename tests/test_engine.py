@@ -8,7 +8,7 @@ import rasterio
 import zarr
 
 from geosr.config import load_config
-from geosr.engine import run_scene
+from geosr.lifecycle import run_scene
 from geosr.errors import OutputExistsError
 from geosr.store import store_status
 from geosr.io.storage import StorageEnv

@@ -21,6 +21,7 @@ import pytest
 
 from geosr.io.storage import StorageEnv
 from geosr.orchestration.cluster import worker_roles
+from geosr.config import load_config
 from geosr.orchestration.gpu_limit import ensure_gpu_limit
 from geosr.orchestration.settings import RunSettings
 from geosr.store import store_status
@@ -137,7 +138,7 @@ def test_flow_cli_on_a_temporary_prefect_server_killed_then_rerun(scene, clean_s
 def test_dask_worker_killed_mid_scene_the_flow_completes(role, prefect_api, scene, clean_store, tmp_path):
     from distributed import Client, Nanny, Scheduler, SpecCluster
 
-    from flows.scene import super_resolve_scene
+    from geosr.flows.scene import super_resolve_scene
 
     preload = ["tests.test_orchestration_support"]
     opts = {"nthreads": 1, "host": "127.0.0.1", "preload": preload}
@@ -158,7 +159,7 @@ def test_dask_worker_killed_mid_scene_the_flow_completes(role, prefect_api, scen
 
         t = threading.Thread(target=kill, daemon=True)
         t.start()
-        res = super_resolve_scene(input_uri=scene, output_uri=str(out), config=RUN,
+        res = super_resolve_scene(input_uri=scene, output_uri=str(out), config=load_config(None, RUN),
                                   settings=RunSettings(dask_address=cluster.scheduler_address, quicklook=False,
                                                        gpu_limit="geosr-gpu-faults", gpu_wait_s=120))
         t.join(60)

@@ -17,11 +17,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from geosr.engine import run_scene
+from geosr.lifecycle import run_scene
 from geosr.io.storage import StorageEnv
 from geosr.orchestration.cluster import ClusterSpec, dask_client
 from geosr.orchestration.fan_out import SceneCall, submit_deployment_runs
 from geosr.orchestration.gpu_limit import ensure_gpu_limit
+from geosr.config import RunConfig, load_config
 from geosr.orchestration.settings import RunSettings
 from geosr.store import stac_item_uri, store_status
 from tests.test_orchestration_support import SMALL, assert_same_store, make_scene, small_config, store_arrays
@@ -62,13 +63,13 @@ def reference(scenes, tmp_path_factory):
     return refs
 
 
-def _config(endpoint: str | None = None, **extra) -> dict:
+def _config(endpoint: str | None = None, **extra) -> RunConfig:
     c = dict(SMALL)
     if endpoint:
         c["storage.endpoint_url"] = endpoint
         c["storage.region"] = "us-east-1"
     c.update(extra)
-    return c
+    return load_config(None, c)
 
 
 def _artifacts(key_prefix: str) -> list:
@@ -81,7 +82,7 @@ def _artifacts(key_prefix: str) -> list:
 
 
 def test_one_scene_flow_on_s3_with_artifacts(prefect_api, address, scenes, reference, s3_bucket):
-    from flows.scene import super_resolve_scene
+    from geosr.flows.scene import super_resolve_scene
 
     src = s3_bucket.upload(scenes["S2_20240105"], "inbox/S2_20240105.tif")
     prefix = s3_bucket.uri("geosr")
@@ -118,7 +119,7 @@ def _item(scene_id, href, dt, cloud):
 
 
 def test_new_scenes_from_a_static_item_collection_on_s3(prefect_api, address, scenes, reference, s3_bucket):
-    from flows.new_scenes import process_new_scenes
+    from geosr.flows.new_scenes import process_new_scenes
 
     for name in scenes:
         s3_bucket.upload(scenes[name], f"l2a/{name}.tif")
@@ -149,7 +150,7 @@ def test_new_scenes_from_a_static_item_collection_on_s3(prefect_api, address, sc
 
 
 def test_backfill_dry_run_then_run_with_a_failing_scene(prefect_api, address, scenes, reference, tmp_path):
-    from flows.backfill import backfill
+    from geosr.flows.backfill import backfill
 
     src = tmp_path / "in"
     src.mkdir()
@@ -179,7 +180,7 @@ def test_backfill_dry_run_then_run_with_a_failing_scene(prefect_api, address, sc
 
 def test_three_scenes_at_once_share_one_gpu_worker_through_a_limit_of_one(prefect_api, address, scenes, reference,
                                                                           tmp_path):
-    from flows.backfill import backfill
+    from geosr.flows.backfill import backfill
 
     ensure_gpu_limit("geosr-gpu-load", 1)
     names = ["S2_20240105", "S2_20240110", "S2_20240112"]
@@ -209,7 +210,7 @@ def test_gpu_limit_cli_creates_and_resizes_the_limit(prefect_api, capsys):
 
 
 def test_a_missing_gpu_limit_fails_the_scene_strictly(prefect_api, address, scenes, tmp_path):
-    from flows.scene import super_resolve_scene
+    from geosr.flows.scene import super_resolve_scene
 
     state = super_resolve_scene(input_uri=str(scenes["S2_20240105"]), output_uri=str(tmp_path / "x.zarr"),
                                 config=_config(), settings=RunSettings(dask_address=address, gpu_limit="no-such-gpus"),
@@ -221,7 +222,7 @@ def test_a_missing_gpu_limit_fails_the_scene_strictly(prefect_api, address, scen
 
 
 def test_flow_process_killed_mid_scene_then_rerun_redoes_only_missing_blocks(prefect_api, scenes, reference, tmp_path):
-    from flows.scene import super_resolve_scene
+    from geosr.flows.scene import super_resolve_scene
 
     ensure_gpu_limit("geosr-gpu-kill", 2)
     out = str(tmp_path / "killed.zarr")
@@ -244,7 +245,7 @@ def test_flow_process_killed_mid_scene_then_rerun_redoes_only_missing_blocks(pre
         proc.wait(30)
     st = store_status(out, StorageEnv())
     assert st.state == "incomplete" and 4 <= st.done < 16
-    res = super_resolve_scene(input_uri=str(scenes["S2_20240110"]), output_uri=out, config=overrides,
+    res = super_resolve_scene(input_uri=str(scenes["S2_20240110"]), output_uri=out, config=load_config(None, overrides),
                               settings=RunSettings(dask_processes=False, gpu_limit="geosr-gpu-kill", quicklook=False))
     assert res["state"] == "resumed" and res["blocks_run"] == 16 - st.done, "only the missing blocks were redone"
     assert_same_store(store_arrays(out, StorageEnv()), reference["S2_20240110"])
@@ -254,7 +255,7 @@ def test_deployments_from_prefect_yaml_and_serve_with_idempotent_fan_out(prefect
     from prefect.client.orchestration import get_client
     from prefect.flows import load_flow_from_entrypoint
 
-    from flows.serve import deployments
+    from geosr.flows.serve import deployments
 
     doc = yaml.safe_load((REPO / "prefect.yaml").read_text())
     names = {}

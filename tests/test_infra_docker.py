@@ -151,8 +151,8 @@ def test_copied_paths_exist_and_are_in_the_context(name):
         for src in parts[:-1]:
             src = expand(src, all_args).rstrip("/")
             copied.append(src)
-            # prefect.yaml / README.md / flows are the lead's: they must exist before an image is built.
-            assert (ROOT / src).exists() or src in {"prefect.yaml", "flows", "README.md"}, \
+            # prefect.yaml / README.md are the lead's: they must exist before an image is built.
+            assert (ROOT / src).exists() or src in {"prefect.yaml", "README.md"}, \
                 f"{name}: COPY {src}: no such path in the repository"
             assert not _ignored(src, patterns), f"{name}: COPY {src} is excluded by {ignore.name}"
             if (ROOT / src).is_dir():
@@ -161,7 +161,7 @@ def test_copied_paths_exist_and_are_in_the_context(name):
                     rel = f.relative_to(ROOT).as_posix()
                     if "__pycache__" not in rel:
                         assert not _ignored(rel, patterns), f"{name}: {rel} is excluded by {ignore.name}"
-    assert {"configs", "geosr", "pyproject.toml", "infra/docker/entrypoint.sh"} <= set(copied)
+    assert {"geosr/configs", "geosr", "pyproject.toml", "infra/docker/entrypoint.sh"} <= set(copied)
 
 
 def _pins(path: Path) -> dict[str, str]:

@@ -244,9 +244,9 @@ def test_referenced_repo_files_exist():
     import re
 
     for rel in set(re.findall(r"/opt/geosr/configs/([\w.-]+\.ya?ml)", texts)):
-        assert (ROOT / "configs" / rel).is_file(), f"manifests reference configs/{rel}, which does not exist"
+        assert (ROOT / "geosr" / "configs" / rel).is_file(), f"manifests reference configs/{rel}, which does not exist"
     for df in ("cpu.Dockerfile", "gpu.Dockerfile"):
-        assert "COPY configs /opt/geosr/configs" in (ROOT / "infra" / "docker" / df).read_text()
+        assert "COPY geosr/configs /opt/geosr/configs" in (ROOT / "infra" / "docker" / df).read_text()
     for p in K8S.rglob("kustomization.yaml"):
         k = yaml.safe_load(p.read_text())
         for res in k.get("resources", []):

@@ -137,8 +137,8 @@ def test_dask_gpu_tagged_worker_answers(stack):
         gpu = [a for a, w in workers.items() if (w.get("resources") or {}).get("GPU") == 1]
         assert len(gpu) == 1 and len(workers) == 2
         # client.run on the GPU worker: it has the stack's S3 endpoint and can import geosr and the flows
-        out = c.run(lambda: (os.environ.get("AWS_ENDPOINT_URL"), __import__("flows.scene").__name__), workers=gpu)
-        assert out == {gpu[0]: (s.s3_endpoint, "flows")}
+        out = c.run(lambda: (os.environ.get("AWS_ENDPOINT_URL"), __import__("geosr.flows.scene").__name__), workers=gpu)
+        assert out == {gpu[0]: (s.s3_endpoint, "geosr")}
         # a task that asks for the GPU resource lands there
         where = c.submit(lambda: __import__("distributed").get_worker().address, resources={"GPU": 1}, pure=False)
         assert where.result(timeout=30) == gpu[0]
@@ -156,7 +156,7 @@ DEPLOY = textwrap.dedent('''
 
     params = json.loads(sys.argv[1])
     t0 = time.monotonic()
-    dep = flow.from_source(source=os.getcwd(), entrypoint="flows/scene.py:super_resolve_scene")
+    dep = flow.from_source(source=os.getcwd(), entrypoint="geosr/flows/scene.py:super_resolve_scene")
     # The server schedules occurrences after the deployment exists: leave the deploy call time to finish.
     anchor = dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=12)
     dep_id = dep.deploy(name="stack-e2e", work_pool_name=os.environ["GEOSR_STACK_WORK_POOL"], build=False,
@@ -220,7 +220,7 @@ def test_scheduled_deployment_end_to_end(stack, tmp_path):
     # The model step ran on the GPU-tagged worker, not on the CPU worker.
     from distributed import Client
 
-    from geosr.orchestration.blocks import worker_cache_stats
+    from geosr.orchestration.dask_executor import worker_cache_stats
 
     with Client(s.dask_address, timeout=20, set_as_default=False) as c:
         info = c.scheduler_info(n_workers=-1)["workers"]

@@ -267,7 +267,7 @@ def test_default_model_is_the_bundled_diffusion_model():
 def test_default_model_same_seed_same_bytes_whatever_the_block_size(tmp_path):
     """`geosr run` with the bundled default: rerun -> identical bytes; another block partition -> identical bytes."""
     from geosr.config import load_config
-    from geosr.engine import run_scene
+    from geosr.lifecycle import run_scene
 
     src = _write(tmp_path / "in.tif", _smooth(np.random.default_rng(7), (4, 72, 80)))
     base = {"tiling.tile": 32, "tiling.overlap": 8, "tiling.chunk": 64, "model.device": "cpu", "workers": 1,

@@ -12,16 +12,19 @@ import time
 
 import pytest
 
-from geosr.engine import run_scene
+from geosr.lifecycle import run_scene
 from geosr.io.storage import StorageEnv
-from geosr.orchestration.blocks import worker_cache_stats
 from geosr.orchestration.cluster import ClusterSpec, dask_client, worker_roles
-from geosr.orchestration.jobs import LeaseOptions, SceneJob, run_scene_job
-from geosr.orchestration.lease import lease_uri
-from geosr.orchestration.scene import ClusterRunOptions, run_scene_distributed
+from geosr.orchestration.dask_executor import ClusterRunOptions, DaskExecutor, worker_cache_stats
+from geosr.store.lease import LeaseOptions, lease_uri
 from geosr.store import stac_item_uri, store_status
 from tests.test_orchestration_support import assert_same_store, make_scene, restart_s3, small_config, store_arrays
 
+
+
+def run_scene_distributed(src, out, cfg, client, options=ClusterRunOptions(), **kw):
+    """The lifecycle with the Dask executor (what the flows run)."""
+    return run_scene(src, out, cfg, DaskExecutor(client, StorageEnv(cfg.storage), options), **kw)
 
 @pytest.fixture(scope="module")
 def client():
@@ -36,7 +39,7 @@ def scene(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def reference(scene, tmp_path_factory):
-    """The uninterrupted single-machine run (geosr.engine.run_scene), every array of its store."""
+    """The uninterrupted single-machine run (geosr.lifecycle.run_scene, local executor), every array of its store."""
     out = tmp_path_factory.mktemp("ref") / "ref.zarr"
     run_scene(str(scene), str(out), small_config())
     return store_arrays(str(out), StorageEnv())
@@ -62,7 +65,7 @@ def test_scene_on_s3_matches_the_engine_and_routes_blocks_by_role(client, scene,
     with get_task_stream(client=client) as ts:
         run = run_scene_distributed(src, out, cfg, client, progress=lambda d, t: seen.append((d, t)),
                                     extra_provenance={"datetime": "2024-01-05T10:00:00Z"})
-    assert run.state == "written" and run.report.blocks_run == run.report.blocks_total == 16
+    assert run.state == "written" and run.blocks_run == run.blocks_total == 16
     assert seen[0] == (0, 16) and seen[-1] == (16, 16)
     assert run.tiles == 121 and run.tiles_run > 0 and run.model["name"] == "bicubic"
     assert store_status(out, s3_bucket.env).state == "complete"
@@ -81,18 +84,18 @@ def test_scene_on_s3_matches_the_engine_and_routes_blocks_by_role(client, scene,
     assert stats[roles.gpu[0]]["loads"] == 1 and stats[roles.gpu[0]]["blocks"] >= 16
     assert stats[roles.cpu[0]].get("loads", 0) == 0 and stats[roles.cpu[0]].get("blocks", 0) == 0
     again = run_scene_distributed(src, out, cfg, client)
-    assert again.state == "skipped" and again.report.blocks_run == 0
+    assert again.state == "skipped" and again.blocks_run == 0
 
 
 def test_interrupted_scene_resumes_its_missing_blocks_only(client, scene, reference, tmp_path):
     out = str(tmp_path / "o.zarr")
     cfg = small_config()
     first = run_scene_distributed(str(scene), out, cfg, client, max_blocks=5)
-    assert first.report.blocks_run == 5
+    assert first.blocks_run == 5
     st = store_status(out, StorageEnv())
     assert (st.state, st.done, st.total) == ("incomplete", 5, 16)
     second = run_scene_distributed(str(scene), out, cfg, client)
-    assert second.state == "resumed" and second.report.blocks_run == 11
+    assert second.state == "resumed" and second.blocks_run == 11
     assert_same_store(store_arrays(out, StorageEnv()), reference)
 
 
@@ -100,12 +103,11 @@ def test_two_triggers_of_one_scene_write_it_once(client, scene, reference, s3_bu
     src = s3_bucket.upload(scene, "in/a.tif")
     out = s3_bucket.uri("geosr/a.zarr")
     cfg = small_config(s3_bucket.server.endpoint_url)
-    job = SceneJob(src, out, cfg)
     results, errors = [], []
 
     def trigger():
         try:
-            results.append(run_scene_job(job, client, lease=LeaseOptions(ttl=6, wait=120, poll=0.2)))
+            results.append(run_scene_distributed(src, out, cfg, client, lease=LeaseOptions(ttl=6, wait=120, poll=0.2)))
         except Exception as e:  # surfaced by the assertion below
             errors.append(e)
 
@@ -116,7 +118,7 @@ def test_two_triggers_of_one_scene_write_it_once(client, scene, reference, s3_bu
         t.join(180)
     assert not errors, errors
     assert sorted(r.state for r in results) == ["skipped", "written"], "the second trigger waited, then skipped"
-    assert sum(r.report.blocks_run for r in results) == 16, "no block was computed twice"
+    assert sum(r.blocks_run for r in results) == 16, "no block was computed twice"
     assert_same_store(store_arrays(out, s3_bucket.env), reference)
     assert not s3_bucket.client.list_objects_v2(Bucket=s3_bucket.name, Prefix=lease_uri(out).split("/", 3)[3]).get("KeyCount")
 
@@ -174,7 +176,7 @@ def test_s3_server_restarted_mid_run_is_retried(client, scene, reference, s3_buc
     run = run_scene_distributed(src, out, cfg, client, options=ClusterRunOptions(prefetch=1))
     t.join(120)
     assert restarted.is_set()
-    assert run.state == "written" and run.report.blocks_run == 16
+    assert run.state == "written" and run.blocks_run == 16
     assert store_status(out, env).state == "complete"
     assert_same_store(store_arrays(out, env), reference)
 
@@ -212,7 +214,7 @@ def test_killed_gpu_worker_mid_scene_the_scene_completes(scene, reference, tmp_p
         t.join(60)
         assert killed and not errors, f"the GPU worker was not killed mid-scene: {errors}"
         assert killed[0][1] < 16, "killed before the scene was done"
-        assert run.state == "written" and run.report.blocks_total == 16
+        assert run.state == "written" and run.blocks_total == 16
         roles = worker_roles(c)
         assert roles.gpu and roles.gpu[0] != killed[0][0], f"the nanny brought a new GPU worker: {roles}"
     assert store_status(out, StorageEnv()).state == "complete"

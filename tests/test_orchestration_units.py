@@ -12,7 +12,9 @@ import time
 import numpy as np
 import pytest
 
-from geosr.engine import read_block, run_scene, ScenePlan
+from geosr.lifecycle import SceneReport, run_scene
+from geosr.plan import ScenePlan
+from geosr.tiles import read_block
 from geosr.errors import InputError, InputNotFoundError, ModelError, StorageAuthError
 from geosr.io.source import open_source
 from geosr.io.storage import StorageEnv
@@ -21,11 +23,15 @@ from geosr.orchestration.backfill import plan_backfill
 from geosr.orchestration.discovery import discover, explicit_scenes
 from geosr.orchestration.query import SceneQuery, lookback_interval, parse_bbox, parse_interval
 from geosr.orchestration.stac_source import stac_search_parameters
-from geosr.orchestration.errors import DiscoveryError, LeaseLostError, SceneLockedError
-from geosr.orchestration.gpu import ModelCache, ModelSpec, upsample_adaptive
+from geosr.errors import LeaseLostError, SceneLockedError
+from geosr.orchestration.errors import DiscoveryError
+from geosr.orchestration.model_cache import ModelCache
 from geosr.orchestration.jobs import SceneJob, scene_output_uri
-from geosr.orchestration.lease import LeaseRecord, SceneLease, lease_uri
-from geosr.orchestration.retry import RetryPolicy, call_with_retry, is_transient
+from geosr.store.lease import LeaseRecord, SceneLease, lease_uri
+from geosr.io.failures import is_transient
+from geosr.retry import RetryPolicy, call_with_retry
+from geosr.upsample import upsample_tiles
+from geosr.upsamplers.recipe import ModelRecipe
 from geosr.upsamplers import build_upsampler
 from tests.test_orchestration_support import make_scene, small_config
 
@@ -106,27 +112,27 @@ def test_cuda_oom_halves_the_batch_and_keeps_the_bytes(tmp_path):
     block = next(iter(plan.blocks))
     inp = read_block(plan, block, src)
     assert inp.pixels.shape[0] > 8
-    spec = ModelSpec.from_config(cfg, 3)
+    spec = ModelRecipe.from_config(cfg, 3)
     cache = ModelCache()
     model = cache.model(spec)
-    got = np.stack(list(upsample_adaptive(model, inp.pixels, inp.origins, 0, cache, spec)))
+    got = np.stack(list(upsample_tiles(model, inp.pixels, inp.origins, 0, batch=cache.batch(spec))))
     ref = build_upsampler("bicubic", scale=2, device="cpu")
     from geosr.upsamplers import TileBatch
 
     want = ref(TileBatch(inp.pixels, inp.origins))
     assert np.array_equal(got, want), "halving the batch does not change a single byte"
     assert model.batches[:3] == [16, 8, 4] and set(model.batches[3:]) <= {2}
-    assert cache.batch_size(spec) == 2 and cache.oom_halvings == 3
+    assert cache.batch(spec).size == 2 and cache.oom_halvings == 3
     assert cache.model(spec) is model and cache.loads == 1, "the model is loaded once"
 
 
 def test_oom_on_a_single_tile_is_a_model_error(tmp_path):
     cfg = small_config(**{"model.name": "test-oom-bicubic", "model.params": {"max_tiles": 0}, "model.batch_size": 4})
-    spec = ModelSpec.from_config(cfg, 3)
+    spec = ModelRecipe.from_config(cfg, 3)
     cache = ModelCache()
     pixels = np.zeros((5, 3, 32, 32), np.float32)
     with pytest.raises(ModelError, match="single tile"):
-        list(upsample_adaptive(cache.model(spec), pixels, np.zeros((5, 2), np.int64), 0, cache, spec))
+        list(upsample_tiles(cache.model(spec), pixels, np.zeros((5, 2), np.int64), 0, batch=cache.batch(spec)))
 
 
 # -- scene lease ---------------------------------------------------------------------------------------------------
@@ -166,7 +172,7 @@ def test_expired_lease_is_taken_over_and_the_old_holder_stops(tmp_path):
 
 def test_lease_of_a_dead_local_process_is_taken_over_at_once(tmp_path):
     out = str(tmp_path / "scene.zarr")
-    code = ("import sys; from geosr.orchestration.lease import SceneLease; from geosr.io.storage import StorageEnv;"
+    code = ("import sys; from geosr.store.lease import SceneLease; from geosr.io.storage import StorageEnv;"
             f"SceneLease({out!r}, StorageEnv(), ttl=3600).acquire()")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=os.getcwd())
     held = LeaseRecord.from_bytes(open(lease_uri(out), "rb").read())
@@ -323,13 +329,10 @@ def test_backfill_dry_run_cli_prints_the_plan_and_runs_nothing(tmp_path, capsys)
 
 # -- artifacts ----------------------------------------------------------------------------------------------------------
 def test_scene_markdown_and_helpers():
-    from geosr.engine import SceneReport
-    from geosr.orchestration.scene import SceneRun
-
-    rep = SceneReport("s3://in/a.tif", "s3://out/s2/a.zarr", "written", 16, 16, 4.0, 512 * 512,
-                      {"lr_l1": 0.0012, "lr_spectral_angle_deg": 0.5, "seam_metric": 1.01})
-    run = SceneRun(rep, model={"name": "ldsr", "version": "1.2"}, in_shape=(4, 256, 256), out_shape=(1024, 1024),
-                   tiles=121, tiles_run=196, slot_wait_s=3.0)
+    run = SceneReport("s3://in/a.tif", "s3://out/s2/a.zarr", "written", 16, 16, 4.0, 512 * 512,
+                      {"lr_l1": 0.0012, "lr_spectral_angle_deg": 0.5, "seam_metric": 1.01},
+                      model={"name": "ldsr", "version": "1.2"}, in_shape=(4, 256, 256), out_shape=(1024, 1024),
+                      tiles=121, tiles_run=196, slot_wait_s=3.0)
     md = scene_markdown(run, quicklook="s3://out/s2/a.quicklook.png", scene_id="a")
     for text in ("4 bands, 256 x 256 px -> 1024 x 1024 px", "121 in the grid, 196 computed", "49.00", "ldsr 1.2",
                  "0.00120", "1.0100", "`s3://out/s2/a.zarr`", "a.stac-item.json", "waited 3.0 s"):
@@ -363,7 +366,7 @@ def test_cuda_oom_is_recognised_through_a_model_error():
     import torch
 
     from geosr.errors import ModelError
-    from geosr.orchestration.gpu import is_cuda_oom
+    from geosr.upsample import is_cuda_oom
 
     assert is_cuda_oom(torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))
     try:

@@ -29,7 +29,7 @@ from rasterio.errors import RasterioIOError
 
 from geosr.cli import main
 from geosr.config import load_config
-from geosr.engine import run_scene
+from geosr.lifecycle import run_scene
 from geosr.store.readers import GDAL_MIN, gdal_version
 from geosr.store.stac import stac_item_uri
 from tests.data.synthetic import make_geotiff

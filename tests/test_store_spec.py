@@ -50,7 +50,7 @@ def test_from_config_takes_the_output_section():
     (dict(variable="y_3"), "x_<n>, y_<n>"),  # an overview level's coordinate
     (dict(variable="a/b"), "letters"),
     (dict(dtype="int8"), "uint16, float32"),
-    (dict(zarr_format=4), "use 2 or 3"),
+    (dict(zarr_format=4), "use one of 2, 3"),
     (dict(compressor="lz4"), "zstd, blosc, none"),
     (dict(level=30), "0..22"),
     (dict(shard=256), "zarr_format 3"),

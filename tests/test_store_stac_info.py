@@ -19,7 +19,7 @@ from geosr.store.stac import read_stac_item
 
 ENV = StorageEnv()
 SPEC = OutputSpec(shape=(3, 520, 600), chunk=128, block=256, band_names=("B02", "B03", "B04"),
-                  crs_wkt=CRS.from_epsg(32633).to_wkt(), transform=(2.5, 0.0, 500000.0, 0.0, -2.5, 5000000.0))
+                  crs_wkt=CRS.from_epsg(32633).to_wkt(), transform=(2.5, 0.0, 500000.0, 0.0, -2.5, 5000000.0), compressor="zstd", level=3)
 PROVENANCE = {"input_uri": "s3://in/S2A_T33TWM.tif", "input_checksum": '"etag-42"', "geosr_version": "0.1.0",
               "model": {"name": "bicubic", "version": "1"}, "config_hash": "c0ffee", "plan_hash": "plan-9",
               "start_time": "2024-06-02T08:00:00+00:00", "end_time": "2024-06-02T08:05:00+00:00",

@@ -18,7 +18,11 @@ from pyproj import CRS
 
 from geosr.cli import main
 from geosr.config import load_config
-from geosr.engine import ScenePlan, blend_block, blend_block_with_std, read_block, run_scene, upsample_tiles
+from geosr.blend import blend_tiles
+from geosr.lifecycle import run_scene
+from geosr.plan import ScenePlan
+from geosr.tiles import read_block
+from geosr.upsample import block_tiles
 from geosr.errors import ConfigError, OutputExistsError
 from geosr.io.source import open_source
 from geosr.io.storage import StorageEnv
@@ -243,12 +247,11 @@ def test_blend_block_with_std_agrees_with_blend_block_on_the_same_stream(small_s
     up = build_upsampler("bicubic", scale=2, batch_size=3, device="cpu")
     for block in list(plan.blocks)[:3]:
         inp = read_block(plan, block, src)
-        data, valid = blend_block(plan, inp, upsample_tiles(up, inp, 0))
-        pairs = ((t, t) for t in upsample_tiles(up, inp, 0))
-        mean, std, valid2 = blend_block_with_std(plan, inp, pairs)
-        assert np.array_equal(valid, valid2) and np.array_equal(data, mean)
-        assert np.array_equal(std, np.maximum(data, 0)), "the std goes through the same weights, in the same order"
-        assert (std >= 0).all()
+        (data,) = blend_tiles(plan.grid, inp.block, inp.keys, inp.skip, inp.bands, block_tiles(up, inp, 0))
+        pairs = ((t, t) for t in block_tiles(up, inp, 0))
+        mean, std = blend_tiles(plan.grid, inp.block, inp.keys, inp.skip, inp.bands, pairs, 2)
+        assert np.array_equal(data, mean)
+        assert np.array_equal(std, data), "the std goes through the same weights, in the same order"
 
 
 # -- the bundled ldm model, end to end ------------------------------------------------------------------------
@@ -337,12 +340,12 @@ def client():
 
 
 def test_cluster_run_with_uncertainty_matches_the_engine(client, ldm_scene, ldm_ref, tmp_path):
-    from geosr.orchestration.scene import run_scene_distributed
+    from geosr.orchestration.dask_executor import DaskExecutor
 
     out = tmp_path / "dask.zarr"
-    run = run_scene_distributed(str(ldm_scene), str(out), ldm_config(), client)
-    assert run.state == "written" and run.report.blocks_run == 4 and run.model["name"] == "ldm"
-    assert run.report.metrics["std_mean"] > 0
+    run = run_scene(str(ldm_scene), str(out), ldm_config(), DaskExecutor(client, ENV))
+    assert run.state == "written" and run.blocks_run == 4 and run.model["name"] == "ldm"
+    assert run.metrics["std_mean"] > 0
     ref, got = arrays(ldm_ref), arrays(out)
     for k in ("reflectance", "reflectance_std"):
         np.testing.assert_allclose(got[k], ref[k], rtol=0, atol=1e-6, equal_nan=True, err_msg=k)
@@ -350,10 +353,10 @@ def test_cluster_run_with_uncertainty_matches_the_engine(client, ldm_scene, ldm_
 
 
 def test_cluster_refuses_uncertainty_with_a_classic_model_before_writing(client, small_scene, tmp_path):
-    from geosr.orchestration.scene import run_scene_distributed
+    from geosr.orchestration.dask_executor import DaskExecutor
 
     out = tmp_path / "never.zarr"
     cfg = load_config(None, {**SMALL, "model.name": "bicubic"})
     with pytest.raises(ConfigError, match="'bicubic'.*ldm"):
-        run_scene_distributed(str(small_scene), str(out), cfg, client)
+        run_scene(str(small_scene), str(out), cfg, DaskExecutor(client, ENV))
     assert store_status(str(out), ENV).state == "absent"

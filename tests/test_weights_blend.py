@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from geosr.blend import BlockBlender
 from geosr.grid import Block, BlockGrid, TileGrid
-from geosr.weights import RAMPS, axis_weights, ramp, tile_weight
+from geosr.blend_weights import RAMPS, axis_weights, ramp, tile_weight
 
 
 @st.composite

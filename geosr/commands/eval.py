@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 
+from ..jsonio import dumps
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
@@ -87,12 +89,12 @@ def run(args: argparse.Namespace) -> int:
                                        seed=args.seed, params=params)
 
     methods = {"ldm": model(), "bicubic": classic("bicubic", spec.scale), "lanczos": classic("lanczos", spec.scale),
-               "bicubic + back-projection (ablation: no denoiser)": lambda: BackProjectedBicubic(spec.scale)}
+               "bicubic + back-projection (ablation: no denoiser)": lambda: BackProjectedBicubic(spec.scale, operator=args.operator)}
     res = evaluate(methods, setup)
     if not args.no_seams:
         runs = {"ldm": model(True), "ldm (independent noise)": model(False), "ldm (keyed + fuse)": model(True, fuse=True),
                 "bicubic": classic("bicubic", spec.scale),
-                "bicubic + back-projection (ablation: no denoiser)": lambda: BackProjectedBicubic(spec.scale)}
+                "bicubic + back-projection (ablation: no denoiser)": lambda: BackProjectedBicubic(spec.scale, operator=args.operator)}
         for st in args.seam_steps or []:
             runs[f"ldm {st}-step ddim eta=1"] = model(True, steps=st, sampler="ddim", eta=1.0)
             runs[f"ldm {st}-step ddim eta=1 (independent noise)"] = model(False, steps=st, sampler="ddim", eta=1.0)
@@ -139,7 +141,7 @@ def _run_manifest(args: argparse.Namespace) -> int:
 
     s = spec.scale
     methods = {"bicubic": classic("bicubic", s), "lanczos": classic("lanczos", s),
-               "lanczos+bp": lambda: BackProjected(s, "lanczos"), "ldm": model()}  # ldm: the model's own default
+               "lanczos+bp": lambda: BackProjected(s, "lanczos", operator=args.operator), "ldm": model()}  # ldm: the model's own default
     if spec.mean is not None:
         methods["ldm mean only (no diffusion)"] = model(diffusion=False, ensemble=1)
         methods["ldm mean, 8x self-ensemble"] = model(diffusion=False, ensemble=8)

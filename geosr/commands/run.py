@@ -22,7 +22,7 @@ def register(sub) -> None:
     p.add_argument("output")
     add_config_flags(p)
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-progress", action="store_true", help="no size estimate and no progress bar on stderr")
     p.add_argument("--preview", metavar="PNG", help="also write a side-by-side quicklook PNG")
     p.set_defaults(func=_run)
 
@@ -71,7 +71,7 @@ def _run(args: argparse.Namespace) -> int:
     try:
         # one run per output at a time: a second run of the same output waits, then finds it complete
         rep = run_scene(args.input, args.output, cfg, overwrite=args.overwrite, progress=bar, env=env,
-                        announce=lambda line: print(line, file=sys.stderr),
+                        announce=None if args.no_progress else lambda line: print(line, file=sys.stderr, flush=True),
                         lease=LeaseOptions(wait=LEASE_WAIT_S, label="geosr run"))
     finally:
         bar.close()

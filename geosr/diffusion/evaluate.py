@@ -8,8 +8,9 @@
   and :func:`geosr.metrics.seam_metric` is measured on the tile boundaries; the model is run with
   position-keyed noise and with independent per-tile noise (LDSR-S2 behaviour) through the same code.
 
-Tiling here mirrors the engine's (global ``TileGrid``, symmetric edge mirroring, normalised ramps);
-it holds one image in memory, which is all an evaluation needs.
+Every method super-resolves through the production path (:func:`super_resolve`, which is ``geosr run``'s read
+and model steps on an in-memory source and sink: tiles, batching, blending, nodata fill, projection); it holds
+one image in memory, which is all an evaluation needs.
 """
 
 from __future__ import annotations
@@ -21,40 +22,22 @@ from typing import Any, Callable
 import numpy as np
 
 from .. import metrics
-from ..grid import TileGrid, mirror_indices
-from ..upsamplers import TileBatch, build_upsampler
-from ..weights import tile_weight
-from .consistency import project_blended
+from ..config import LdmModel, OutputConfig, RunConfig
+from ..grid import TileGrid
+from ..memory import one_block_tiling, super_resolve_array
+from ..upsamplers import TileBatch, Upsampler, build_upsampler
 from .data import read_reflectance, split
 
 
-def upsample_scene(up, img: np.ndarray, *, scale: int, tile: int, overlap: int, seed: int = 0,
-                   ramp: str = "cosine", batch: int = 16, reproject: str | None = None) -> np.ndarray:
-    """Super-resolve a whole (C, H, W) image on the global tile grid with normalised blending weights;
-    ``reproject="average"`` re-projects the blend onto the input (:func:`consistency.project_blended`)."""
+def super_resolve(up: Upsampler, img: np.ndarray, *, scale: int, tile: int, overlap: int, seed: int = 0,
+                  ramp: str = "cosine") -> np.ndarray:
+    """Super-resolve a whole (C, H, W) image exactly as ``geosr run`` does (:func:`geosr.memory.super_resolve_array`:
+    the global tile grid, the tile stream's batches, the global blending weights, the projection of a model that
+    re-imposes consistency), in memory. Returns (C, sH, sW) float32."""
     c, h, w = img.shape
-    grid = TileGrid(h, w, min(tile, max(h, w)), min(overlap, max(0, min(tile, max(h, w)) - 1)), scale)
-    t = grid.tile
-    out = np.zeros((c, h * scale, w * scale), dtype=np.float64)
-    keys = [(ky, kx) for ky in range(grid.shape[0]) for kx in range(grid.shape[1])]
-    for i in range(0, len(keys), batch):
-        part = keys[i : i + batch]
-        px, org = [], []
-        for ky, kx in part:
-            r, cc = grid.origin(ky, kx)
-            iy, ix = mirror_indices(r, r + t, h), mirror_indices(cc, cc + t, w)
-            px.append(img[:, iy][:, :, ix])
-            org.append((r, cc))
-        y = up(TileBatch(np.stack(px).astype(np.float32), np.asarray(org, dtype=np.int64), seed=seed))
-        for (ky, kx), (r, cc), tile_out in zip(part, org, y):
-            wgt = tile_weight(grid, ky, kx, ramp)
-            y0, x0 = r * scale, cc * scale
-            hh, ww = min(t * scale, h * scale - y0), min(t * scale, w * scale - x0)
-            out[:, y0 : y0 + hh, x0 : x0 + ww] += (wgt[None] * tile_out)[:, :hh, :ww]
-    out = out.astype(np.float32)
-    if reproject:
-        out = project_blended(out, img, scale, reproject)
-    return out
+    cfg = RunConfig(tiling=one_block_tiling(h, w, scale=scale, tile=tile, overlap=min(overlap, tile // 2), ramp=ramp),
+                    model=LdmModel(seed=seed), output=OutputConfig(dtype="float32"))
+    return super_resolve_array(up, img, cfg).data
 
 
 def scene_boundaries(h: int, w: int, tile: int, overlap: int, scale: int) -> tuple[list[int], list[int]]:
@@ -90,13 +73,6 @@ def heldout_pairs(s: EvalSetup) -> list[tuple[str, np.ndarray, np.ndarray]]:
     return out
 
 
-def _reproject(up, operator: str) -> str | None:
-    """Models that enforce LR consistency get the blend re-projected (what the engine does per block)."""
-    if getattr(up, "enforces_consistency", False):
-        return operator
-    return operator if getattr(up, "options", None) is not None and up.options.projection else None
-
-
 def evaluate(methods: dict[str, Callable[[], Any]], s: EvalSetup, log=print) -> dict[str, Any]:
     """``methods``: name -> zero-argument factory of an upsampler (built lazily, one at a time)."""
     pairs = heldout_pairs(s)
@@ -106,8 +82,7 @@ def evaluate(methods: dict[str, Callable[[], Any]], s: EvalSetup, log=print) -> 
         ps, ss, l1, ang, px, secs = [], [], [], [], 0, 0.0
         for f, lr, hr in pairs:
             t0 = time.perf_counter()
-            sr = upsample_scene(up, lr, scale=s.scale, tile=s.tile, overlap=s.overlap, seed=s.seed,
-                                reproject=_reproject(up, s.operator))
+            sr = super_resolve(up, lr, scale=s.scale, tile=s.tile, overlap=s.overlap, seed=s.seed)
             secs += time.perf_counter() - t0
             n = hr.shape[1] * hr.shape[2]
             ps.append((metrics.psnr(sr, hr), n))
@@ -147,9 +122,8 @@ def seams(methods: dict[str, Callable[[], Any]], s: EvalSetup, log=print) -> dic
         tot = np.zeros(4)
         for img in imgs:
             c, h, w = img.shape
-            sr = upsample_scene(up, img, scale=s.scale, tile=s.seam_tile, overlap=s.seam_overlap, seed=s.seed,
-                                reproject=_reproject(up, s.operator))
-            by, bx = scene_boundaries(h, w, min(s.seam_tile, max(h, w)), s.seam_overlap, s.scale)
+            sr = super_resolve(up, img, scale=s.scale, tile=s.seam_tile, overlap=s.seam_overlap, seed=s.seed)
+            by, bx = scene_boundaries(h, w, s.seam_tile, min(s.seam_overlap, s.seam_tile // 2), s.scale)
             acc.add(sr, by, bx)
             tot += np.array(aligned_seam_ratio(sr, by, bx, s.scale))
         res[name] = acc.value()
@@ -165,15 +139,20 @@ class BackProjected:
     exactly, as the model does, so a model must beat it on detail, not on consistency."""
 
     version = "1"
-    enforces_consistency = True
 
-    def __init__(self, scale: int, mode: str = "bicubic", iterations: int = 3) -> None:
+    def __init__(self, scale: int, mode: str = "bicubic", iterations: int = 3, operator: str = "average") -> None:
         self.name, self.scale, self.bands, self.batch_size, self.device = f"{mode}+bp", scale, None, 16, "cpu"
-        self.mode, self.iterations = mode, iterations
+        self.mode, self.iterations, self.operator = mode, iterations, operator
         self._up = build_upsampler(mode, scale=scale, device="cpu")
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "scale": self.scale, "mode": self.mode, "iterations": self.iterations}
+
+    def project_blended(self, hr: np.ndarray, lowres: np.ndarray) -> np.ndarray:
+        """The blended block re-projected onto its input (:class:`~geosr.upsamplers.ProjectsBlended`), as the model."""
+        from .consistency import project_blended
+
+        return project_blended(hr, lowres, self.scale, self.operator)
 
     def __call__(self, batch: TileBatch) -> np.ndarray:
         import torch
@@ -186,8 +165,8 @@ class BackProjected:
             return project(up, lr, self.scale, "average", self.iterations).numpy()
 
 
-def BackProjectedBicubic(scale: int, iterations: int = 3) -> BackProjected:  # noqa: N802 (old name)
-    return BackProjected(scale, "bicubic", iterations)
+def BackProjectedBicubic(scale: int, iterations: int = 3, operator: str = "average") -> BackProjected:  # noqa: N802
+    return BackProjected(scale, "bicubic", iterations, operator)
 
 
 def hf_energy_ratio(sr: np.ndarray, truth: np.ndarray, scale: int) -> float:
@@ -246,11 +225,9 @@ def evaluate_scenes(methods: dict[str, Callable[[], Any]], scenes: list[HeldoutS
         for sc in scenes:
             c, h, w = sc.lowres.shape
             t0 = time.perf_counter()
-            sr = upsample_scene(up, sc.lowres, scale=scale, tile=tile, overlap=overlap, seed=seed,
-                                reproject=_reproject(up, operator))
+            sr = super_resolve(up, sc.lowres, scale=scale, tile=tile, overlap=overlap, seed=seed)
             secs = time.perf_counter() - t0
-            t = min(tile, max(h, w))
-            by, bx = scene_boundaries(h, w, t, min(overlap, t - 1), scale)
+            by, bx = scene_boundaries(h, w, tile, min(overlap, tile // 2), scale)
             keep = [i for i, v in enumerate(sc.present or (True,) * c) if v]
             sr, truth, lowres = sr[keep], sc.truth[keep], sc.lowres[keep]
             seam = aligned_seam_ratio(sr, by, bx, scale)

@@ -8,7 +8,6 @@ deployment per scene, each with an idempotency key derived from this backfill ru
 (a retried backfill run does not create its scene runs twice).
 """
 
-from __future__ import annotations
 
 from typing import Any, Literal
 
@@ -17,17 +16,17 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
-from .scene import scene_task
-from ..config import RunConfig
-from ..io.storage import StorageEnv
-from ..orchestration.artifacts import artifact_key
-from ..orchestration.backfill import BackfillOutcome, BackfillPlan, plan_backfill
-from ..orchestration.cluster import cluster_address
-from ..orchestration.discovery import discover, explicit_scenes
-from ..orchestration.query import SceneQuery, interval_text, parse_bbox
-from ..orchestration.fan_out import SceneCall, fan_out, finish, submit_deployment_runs, wait_flow_runs
-from ..orchestration.prefect_io import publish_backfill, resolve_config, run_logger
-from ..orchestration.settings import RunSettings
+from geosr.flows.scene import scene_task
+from geosr.config import RunConfig
+from geosr.io.storage import StorageEnv
+from geosr.orchestration.artifacts import artifact_key
+from geosr.orchestration.backfill import BackfillOutcome, BackfillPlan, plan_backfill
+from geosr.orchestration.cluster import cluster_address
+from geosr.orchestration.discovery import discover, explicit_scenes
+from geosr.orchestration.query import SceneQuery, interval_text, parse_bbox
+from geosr.orchestration.fan_out import SceneCall, fan_out, finish, submit_deployment_runs, wait_flow_runs
+from geosr.orchestration.prefect_io import publish_backfill, resolve_config, run_logger
+from geosr.orchestration.settings import RunSettings
 
 SCENE_DEPLOYMENT = "super-resolve-scene/on-demand"
 

@@ -5,22 +5,21 @@ Sources: an object-store or local prefix with a glob, a STAC API, or a static ST
 cloud cover. Deployed on a cron schedule (prefect.yaml, or ``geosr flows serve``).
 """
 
-from __future__ import annotations
 
 from typing import Any
 
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
-from .scene import scene_task
-from ..config import RunConfig, StorageConfig
-from ..io.storage import StorageEnv
-from ..orchestration.cluster import cluster_address
-from ..orchestration.discovery import discover, pending
-from ..orchestration.query import SceneQuery, lookback_interval, parse_bbox
-from ..orchestration.fan_out import SceneCall, fan_out, finish
-from ..orchestration.prefect_io import publish_backfill, resolve_config, run_logger
-from ..orchestration.settings import RunSettings
+from geosr.flows.scene import scene_task
+from geosr.config import RunConfig, StorageConfig
+from geosr.io.storage import StorageEnv
+from geosr.orchestration.cluster import cluster_address
+from geosr.orchestration.discovery import discover, pending
+from geosr.orchestration.query import SceneQuery, lookback_interval, parse_bbox
+from geosr.orchestration.fan_out import SceneCall, fan_out, finish
+from geosr.orchestration.prefect_io import publish_backfill, resolve_config, run_logger
+from geosr.orchestration.settings import RunSettings
 
 
 @task(name="find-new-scenes", retries=2, retry_delay_seconds=10, cache_policy=NO_CACHE)

@@ -4,7 +4,6 @@ Prefect works at the scene level (one task per scene); the blocks of the scene g
 (``settings.dask_address``, or an embedded cluster on this machine). From a shell: ``geosr flows run-scene``.
 """
 
-from __future__ import annotations
 
 from typing import Any
 
@@ -12,13 +11,13 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
-from ..config import RunConfig
-from ..orchestration.cluster import cluster_address
-from ..orchestration.jobs import scene_id_from_uri, scene_output_uri
-from ..orchestration.prefect_io import resolve_config, run_logger
-from ..orchestration.scene_task import process_scene
-from ..orchestration.settings import RunSettings
-from ..retry import retry_cluster_lost
+from geosr.config import RunConfig
+from geosr.orchestration.cluster import cluster_address
+from geosr.orchestration.jobs import scene_id_from_uri, scene_output_uri
+from geosr.orchestration.prefect_io import resolve_config, run_logger
+from geosr.orchestration.scene_task import process_scene
+from geosr.orchestration.settings import RunSettings
+from geosr.retry import retry_cluster_lost
 
 
 @task(name="super-resolve", task_run_name="super-resolve-{scene_id}", retries=3,

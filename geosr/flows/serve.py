@@ -4,14 +4,13 @@ The process runs the flow runs itself (as subprocesses) — no work pool, no wor
 address the blocks of every run go to one embedded cluster that this process starts and shares.
 """
 
-from __future__ import annotations
 
 from typing import Any
 
-from .backfill import backfill
-from .new_scenes import process_new_scenes
-from .scene import super_resolve_scene
-from ..orchestration.settings import RunSettings
+from geosr.flows.backfill import backfill
+from geosr.flows.new_scenes import process_new_scenes
+from geosr.flows.scene import super_resolve_scene
+from geosr.orchestration.settings import RunSettings
 
 
 def deployments(settings: RunSettings, *, new_scenes: dict[str, Any] | None = None, cron: str | None = None,

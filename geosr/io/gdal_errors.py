@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import GeosrError, InputError, InputNotFoundError, NotARasterError, StorageAuthError
+from .failures import GDAL_AUTH_MARKERS, GDAL_NETWORK_MARKERS
 from .storage import is_remote
 
 
@@ -29,25 +30,17 @@ def gdal_message(exc: BaseException) -> str:
     return " ".join(text.split())
 
 
-_AUTH_MARKERS = (
-    "HTTP response code: 403",
-    "AccessDenied",
-    "Access Denied",
-    "InvalidAccessKeyId",
-    "SignatureDoesNotMatch",
-)
-_NETWORK_MARKERS = ("HTTP response code", "Couldn't connect", "Could not resolve", "timed out", "curl")
 
 
 def gdal_error(exc: BaseException, uri: str, doing: str) -> GeosrError:
     msg = gdal_message(exc)
     full = " ".join(_chain_text(exc).split())
     if is_remote(uri):
-        if any(m in full for m in _AUTH_MARKERS):
+        if any(m in full for m in GDAL_AUTH_MARKERS):
             return StorageAuthError(
                 f"{uri}: storage refused access while {doing} ({msg}); check the AWS credentials and endpoint"
             )
-        if any(m in full for m in _NETWORK_MARKERS):
+        if any(m in full for m in GDAL_NETWORK_MARKERS):
             return InputError(
                 f"{uri}: storage error while {doing} ({msg}); check storage.endpoint_url and the network"
             )

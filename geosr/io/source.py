@@ -5,7 +5,7 @@ errors of :mod:`geosr.errors` with one-line messages: a missing file/object/buck
 credentials, a file that is not a raster or is truncated/corrupt, a missing or non north-up
 georeference, an unknown band. It reads only a few pixels to do so (never the whole scene).
 
-``RasterSource.read(rows, cols)`` returns ``(C,h,w)`` float32 reflectance and an ``(h,w)`` valid mask
+``GdalSource.read(rows, cols)`` returns ``(C,h,w)`` float32 reflectance and an ``(h,w)`` valid mask
 for one window. Each thread gets its own dataset handle, opened on first use inside the right
 ``rasterio.Env``; pickling carries only the plan (URI, bands, radiometry, storage config), so a copy
 in another process reopens the file itself. Credentials are never part of the pickle.
@@ -101,8 +101,9 @@ class _Located:
     checksum: str
 
 
-class RasterSource:
-    """A scene opened for windowed reading. Thread-safe and picklable; see the module docstring."""
+class GdalSource:
+    """A scene opened for windowed reading through GDAL (rasterio): the production
+    :class:`~geosr.rasters.RasterSource`. Thread-safe and picklable; see the module docstring."""
 
     meta: SourceMeta
 
@@ -129,9 +130,9 @@ class RasterSource:
 
     def __repr__(self) -> str:
         m = self.meta
-        return f"RasterSource({m.uri!r}, {m.count}x{m.height}x{m.width} {m.dtype}, bands={m.band_names})"
+        return f"GdalSource({m.uri!r}, {m.count}x{m.height}x{m.width} {m.dtype}, bands={m.band_names})"
 
-    def __enter__(self) -> RasterSource:
+    def __enter__(self) -> GdalSource:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -316,7 +317,7 @@ def _scene_checks(
     return meta, plan
 
 
-def open_source(uri: str, cfg: InputConfig, env: StorageEnv) -> RasterSource:
+def open_source(uri: str, cfg: InputConfig, env: StorageEnv) -> GdalSource:
     """Open ``uri`` (local path, ``file://`` or ``s3://``) for windowed reading; raise typed errors.
 
     Reads only the file's header, its block index and two pixels; checksums a local file (sha256 up
@@ -349,4 +350,4 @@ def open_source(uri: str, cfg: InputConfig, env: StorageEnv) -> RasterSource:
         plan.radiometry.origin,
         meta.nodata,
     )
-    return RasterSource(meta, plan)
+    return GdalSource(meta, plan)

@@ -27,13 +27,19 @@ def strip_protocol(uri: str) -> str:
     return uri.split("://", 1)[1] if "://" in uri else uri
 
 
+BOTOCORE_RETRIES = {"max_attempts": 3, "mode": "standard"}
+"""Layer 1 of the retries (:mod:`geosr.retry`): each S3 request, 3 attempts in botocore's standard mode."""
+
+
 @dataclass(frozen=True)
 class StorageEnv:
     config: StorageConfig = StorageConfig()
 
     def s3_kwargs(self) -> dict[str, Any]:
+        """s3fs options. Retries (``docs/architecture.md``, Retries): botocore retries each request
+        (:data:`BOTOCORE_RETRIES`); s3fs does not add its own loop on top; geosr retries whole operations."""
         c = self.config
-        kw: dict[str, Any] = {"anon": c.anon}
+        kw: dict[str, Any] = {"anon": c.anon, "retries": 1, "config_kwargs": {"retries": dict(BOTOCORE_RETRIES)}}
         client: dict[str, Any] = {}
         if c.endpoint_url:
             kw["endpoint_url"] = c.endpoint_url
@@ -161,7 +167,7 @@ def _s3_client(config: StorageConfig) -> Any:
 
     session, region = _botocore_session(config)
     cfg_kw: dict[str, Any] = {
-        "retries": {"max_attempts": 3, "mode": "standard"},
+        "retries": dict(BOTOCORE_RETRIES),
         "connect_timeout": 10,
         "read_timeout": 60,
     }
@@ -177,12 +183,6 @@ def _s3_client(config: StorageConfig) -> Any:
         raise _profile_error(config) from None
 
 
-_REFUSED_CREDENTIALS = frozenset(
-    {"InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken", "TokenRefreshRequired"}
-)
-_DENIED = frozenset({"AccessDenied", "403", "Forbidden", "AllAccessDisabled"})
-
-
 def _s3_error(exc: BaseException, uri: str, config: StorageConfig, *, client: Any = None) -> Exception:
     """Map a botocore exception met while accessing ``uri`` to a typed geosr error (one line)."""
     from botocore.exceptions import (
@@ -195,6 +195,7 @@ def _s3_error(exc: BaseException, uri: str, config: StorageConfig, *, client: An
     from botocore.exceptions import ConnectionError as BotoConnectionError
 
     from ..errors import BucketNotFoundError, InputError, InputNotFoundError, StorageAuthError
+    from .failures import BUCKET_CODES, DENIED_CODES, NOT_FOUND_CODES, REFUSED_CREDENTIAL_CODES, http_status, s3_code
 
     where = config.endpoint_url or "AWS S3"
     if isinstance(exc, (NoCredentialsError, PartialCredentialsError)):
@@ -210,22 +211,21 @@ def _s3_error(exc: BaseException, uri: str, config: StorageConfig, *, client: An
         )
     if isinstance(exc, ClientError):
         err = exc.response.get("Error", {})
-        code = str(err.get("Code", ""))
-        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        code, status = s3_code(exc), http_status(exc)
         bucket, _ = split_s3_uri(uri)
         no_bucket = f"bucket {bucket!r} does not exist at {where}; check the URI or create the bucket"
-        if code == "NoSuchBucket":
+        if code in BUCKET_CODES:
             return BucketNotFoundError(no_bucket)
-        if code in ("NoSuchKey", "404", "NotFound") or status == 404:
+        if code in NOT_FOUND_CODES or status == 404:
             if client is not None and not _bucket_exists(client, bucket):
                 return BucketNotFoundError(no_bucket)
             return InputNotFoundError(f"{uri} does not exist; check the key (object name) and the bucket")
-        if code in _REFUSED_CREDENTIALS:
+        if code in REFUSED_CREDENTIAL_CODES:
             return StorageAuthError(
                 f"{where} refused the AWS credentials ({code}) reading {uri}; check AWS_ACCESS_KEY_ID/"
                 "AWS_SECRET_ACCESS_KEY or the profile, and storage.endpoint_url"
             )
-        denied = code in _DENIED or status == 403
+        denied = code in DENIED_CODES or status == 403
         if denied and config.anon:
             return StorageAuthError(
                 f"anonymous access to {uri} at {where} was denied (HTTP 403): the bucket is not public; "

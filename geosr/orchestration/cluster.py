@@ -80,11 +80,22 @@ def embedded_cluster(spec: ClusterSpec) -> Any:
         if spec.processes and gpus > 1 and i < gpus:
             opts["env"] = {**opts.get("env", {}), "CUDA_VISIBLE_DEVICES": _device_for(i)}
         workers[f"gpu-{i}"] = {"cls": cls, "options": opts}
-    # the scheduler's HTTP server (health, and the dashboard when asked for) on a free port unless told
-    scheduler = {"cls": Scheduler, "options": {"host": "127.0.0.1", "dashboard_address": spec.dashboard_address or ":0",
+    # the scheduler's HTTP server (health, metrics, and the dashboard when asked for): on a free loopback port,
+    # or where told -- on 127.0.0.1 unless the address names a host
+    scheduler = {"cls": Scheduler, "options": {"host": "127.0.0.1",
+                                               "dashboard_address": loopback(spec.dashboard_address or ":0"),
                                                "dashboard": spec.dashboard_address is not None}}
     log.info("starting %s", spec.describe())
     return SpecCluster(workers=workers, scheduler=scheduler, name="geosr", silence_logs=logging.WARNING)
+
+
+def loopback(address: str) -> str:
+    """``":8787"`` -> ``"127.0.0.1:8787"``: an address without a host binds the loopback interface only (a
+    dashboard on every interface must be asked for by name, e.g. ``0.0.0.0:8787``)."""
+    address = str(address).strip()
+    if address.startswith(":") or address.isdigit():
+        return "127.0.0.1:" + address.lstrip(":")
+    return address
 
 
 def _device_for(i: int) -> str:

@@ -23,7 +23,7 @@ from typing import Any, Callable
 
 from ..block_step import model_step
 from ..grid import Block
-from ..io.source import RasterSource
+from ..rasters import RasterSource
 from ..io.storage import StorageEnv
 from ..lifecycle import ModelInfo
 from ..plan import ScenePlan

@@ -8,7 +8,6 @@ bucket and credential failures from the local filesystem, s3fs and botocore into
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import os
@@ -20,63 +19,54 @@ from typing import Any, Iterator
 import fsspec
 
 from ..errors import BucketNotFoundError, GeosrError, OutputError, StorageAuthError
-from ..io.failures import Failure, failure_kind
+from ..io.failures import Failure, failure_kind, s3_code
 from ..io.storage import StorageEnv, is_remote, strip_protocol
 from ..jsonio import dumps
 
 log = logging.getLogger(__name__)
 
-_AUTH_CODES = {
-    "AccessDenied", "AllAccessDisabled", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken",
-    "InvalidToken", "TokenRefreshRequired", "RequestTimeTooSkewed", "InvalidSecurity", "AccountProblem",
-    "NotSignedUp", "403", "Forbidden", "Unauthorized", "401",
-}
-_BUCKET_CODES = {"NoSuchBucket"}
-
-
 def storage_error(exc: BaseException, uri: str, action: str) -> GeosrError | None:
-    """The typed error for a storage failure of ``action`` on ``uri``; None when ``exc`` is not one."""
+    """The typed error for a storage failure of ``action`` on ``uri`` (its kind decided by
+    :func:`geosr.io.failures.failure_kind`); None when ``exc`` is not one."""
     if isinstance(exc, GeosrError):
         return exc
     remote = is_remote(uri)
-    bucket = bucket_of(uri)
+    kind = failure_kind(exc, remote=remote)
+    text = str(exc)
+    where = getattr(exc, "filename", None) or text
     try:
         import botocore.exceptions as bce
+
+        no_credentials = isinstance(exc, (bce.NoCredentialsError, bce.PartialCredentialsError))
+        unreachable = isinstance(exc, (bce.EndpointConnectionError, bce.ConnectTimeoutError))
     except ImportError:  # pragma: no cover - s3fs always brings botocore
-        bce = None
-    if bce is not None:
-        if isinstance(exc, (bce.NoCredentialsError, bce.PartialCredentialsError)):
-            return StorageAuthError(
-                f"cannot {action} {uri}: no object-storage credentials found; set AWS_ACCESS_KEY_ID and "
-                "AWS_SECRET_ACCESS_KEY, a shared credentials file or storage.profile (or storage.anon for public data)"
-            )
-        if isinstance(exc, (bce.EndpointConnectionError, bce.ConnectTimeoutError)):
-            return OutputError(f"cannot {action} {uri}: the object storage does not answer ({exc}); check "
-                               "storage.endpoint_url (--endpoint-url) and the network")
-        if isinstance(exc, bce.ClientError):
-            code = str(exc.response.get("Error", {}).get("Code", ""))
-            if code in _BUCKET_CODES:
-                return _bucket_missing(uri, bucket)
-            if code in _AUTH_CODES:
-                return _auth_failed(uri, action, code)
-    text = str(exc)
-    if isinstance(exc, PermissionError):
-        if remote:
-            return _auth_failed(uri, action, text)
-        return OutputError(
-            f"cannot {action} {uri}: permission denied ({getattr(exc, 'filename', None) or text}); "
-            "choose an output location you can write to, or fix its permissions"
+        no_credentials = unreachable = False
+    if no_credentials:
+        return StorageAuthError(
+            f"cannot {action} {uri}: no object-storage credentials found; set AWS_ACCESS_KEY_ID and "
+            "AWS_SECRET_ACCESS_KEY, a shared credentials file or storage.profile (or storage.anon for public data)"
         )
-    if isinstance(exc, FileNotFoundError) and remote and ("NoSuchBucket" in text or "bucket does not exist" in text.lower()):
-        return _bucket_missing(uri, bucket)
+    if unreachable:
+        return OutputError(f"cannot {action} {uri}: the object storage does not answer ({exc}); check "
+                           "storage.endpoint_url (--endpoint-url) and the network")
+    if kind is Failure.NO_BUCKET:
+        return _bucket_missing(uri, bucket_of(uri))
+    if kind is Failure.AUTH:
+        code = s3_code(exc)
+        return _auth_failed(uri, action, code or text)
+    if kind is Failure.PERMISSION:
+        return OutputError(
+            f"cannot {action} {uri}: permission denied ({where}); choose an output location you can write to, or "
+            "fix its permissions"
+        )
     if isinstance(exc, (NotADirectoryError, FileExistsError)) and not remote:
         return OutputError(
-            f"cannot {action} {uri}: a parent of the output path is a file, not a directory "
-            f"({getattr(exc, 'filename', None) or text}); choose an output path inside a directory"
+            f"cannot {action} {uri}: a parent of the output path is a file, not a directory ({where}); choose an "
+            "output path inside a directory"
         )
-    if isinstance(exc, OSError) and getattr(exc, "errno", None) == errno.EROFS:
+    if kind is Failure.READ_ONLY:
         return OutputError(f"cannot {action} {uri}: the filesystem is read-only; choose a writable output location")
-    if isinstance(exc, OSError) and getattr(exc, "errno", None) == errno.ENOSPC:
+    if kind is Failure.NO_SPACE:
         return OutputError(f"cannot {action} {uri}: no space left on the device; free space or choose another location")
     return None
 

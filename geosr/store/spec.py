@@ -1,7 +1,8 @@
 """``OutputSpec``: everything that fixes the layout of an output store, validated once.
 
-A spec is a pure value (frozen, hashable, JSON round-trippable through :meth:`OutputSpec.to_dict` /
-:meth:`OutputSpec.from_dict`); the store records it at creation so that a resumed run can check it is
+A spec is a pure value (a frozen pydantic model, hashable, JSON round-trippable through
+:meth:`OutputSpec.to_dict` / :meth:`OutputSpec.from_dict`) built from the output configuration
+(:meth:`OutputSpec.from_config`); the store records it at creation so that a resumed run can check it is
 writing into the store it planned. Every invalid value raises :class:`~geosr.errors.ConfigError`
 naming the field and what it accepts.
 """
@@ -10,19 +11,15 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import asdict, dataclass
 from functools import cached_property
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import Any, Iterator
 
+from pydantic import ValidationError, field_validator, model_validator
+
+from ..config import OutputLayout, format_errors
 from ..errors import ConfigError
 from ..grid import Block
 
-if TYPE_CHECKING:
-    from ..config import OutputConfig
-
-DTYPES = ("uint16", "float32")
-COMPRESSORS = ("zstd", "blosc", "none")
-ZARR_FORMATS = (2, 3)
 # names the store uses next to the data variable (coordinates, CRS, overview group); overview levels
 # also use x_<l>/y_<l> (_LEVEL_COORD)
 RESERVED_NAMES = ("band", "x", "y", "spatial_ref", "overviews")
@@ -30,9 +27,10 @@ _LEVEL_COORD = re.compile(r"^[xy]_[0-9]+$")
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
 
 
-@dataclass(frozen=True)
-class OutputSpec:
-    """Layout of one output store (see ``docs/architecture.md``, Store contract).
+class OutputSpec(OutputLayout):
+    """Layout of one output store (see ``docs/architecture.md``, Store contract): the output configuration's
+    layout fields (:class:`geosr.config.OutputLayout`: the same fields, defaults and checks) plus the scene's
+    output geometry.
 
     ``shape`` is (bands, H, W) at output resolution; ``chunk`` and ``block`` are output pixels, with
     ``block`` a multiple of ``chunk`` (and of ``shard`` when sharding); ``transform`` is the rasterio
@@ -41,6 +39,7 @@ class OutputSpec:
     the number of 2x overview levels; None picks levels until the longer side is under 256 px.
     ``uncertainty_samples`` (0 = off, else >= 2) adds :attr:`std_variable` (``<variable>_std``): the
     per-pixel standard deviation over that many model samples, at level 0 only, encoded like ``variable``.
+    Invalid values raise :class:`~geosr.errors.ConfigError` naming the field and what it accepts.
     """
 
     shape: tuple[int, int, int]
@@ -48,99 +47,92 @@ class OutputSpec:
     block: int
     band_names: tuple[str, ...]
     crs_wkt: str
-    transform: tuple[float, ...]
-    variable: str = "reflectance"
-    dtype: str = "uint16"
-    zarr_format: int = 2
-    shard: int | None = None
-    compressor: str = "zstd"
-    level: int = 3
-    overviews: int | None = None
-    uncertainty_samples: int = 0
+    transform: tuple[float, float, float, float, float, float]
 
-    def __post_init__(self) -> None:
-        def _set(name: str, value: Any) -> None:  # normalise types on a frozen instance
-            object.__setattr__(self, name, value)
-
+    def __init__(self, **data: Any) -> None:
         try:
-            shape = tuple(int(v) for v in self.shape)
+            super().__init__(**data)
+        except ValidationError as e:
+            raise ConfigError(format_errors(e, "output spec")) from None
+
+    @field_validator("shape", mode="before")
+    @classmethod
+    def _shape(cls, v: Any) -> tuple[int, int, int]:
+        try:
+            shape = tuple(int(x) for x in v)
         except (TypeError, ValueError):
-            raise ConfigError(f"output shape {self.shape!r}: expected (bands, height, width) integers") from None
+            raise ValueError(f"expected (bands, height, width) integers, got {v!r}") from None
         if len(shape) != 3 or min(shape) < 1:
-            raise ConfigError(f"output shape {self.shape!r}: expected (bands, height, width), each at least 1")
-        _set("shape", shape)
-        _set("chunk", _positive_int("chunk", self.chunk))
-        _set("block", _positive_int("block", self.block))
-        if self.block % self.chunk:
-            raise ConfigError(
-                f"block={self.block} must be a multiple of chunk={self.chunk} so that every output chunk "
-                "is written by exactly one block"
-            )
-        names = tuple(str(n) for n in self.band_names)
-        if len(names) != shape[0]:
-            raise ConfigError(f"{len(names)} band names {names} for {shape[0]} bands; give one name per band")
+            raise ValueError(f"{v!r}: expected (bands, height, width), each at least 1")
+        return shape  # type: ignore[return-value]
+
+    @field_validator("chunk", "block", mode="before")
+    @classmethod
+    def _pixels(cls, v: Any) -> int:
+        try:
+            n = int(v)
+        except (TypeError, ValueError):
+            raise ValueError(f"{v!r}: expected a positive number of output pixels") from None
+        if n < 1 or n != v:
+            raise ValueError(f"{v!r}: expected a positive number of output pixels")
+        return n
+
+    @field_validator("band_names", mode="before")
+    @classmethod
+    def _names(cls, v: Any) -> tuple[str, ...]:
+        names = tuple(str(n) for n in v)
         if any(not n for n in names) or len(set(names)) != len(names):
-            raise ConfigError(f"band names {names} must be non-empty and unique")
-        _set("band_names", names)
-        _check_crs(self.crs_wkt)
+            raise ValueError(f"band names {names} must be non-empty and unique")
+        return names
+
+    @field_validator("crs_wkt")
+    @classmethod
+    def _crs(cls, v: str) -> str:
+        _check_crs(v)
+        return v
+
+    @field_validator("transform", mode="before")
+    @classmethod
+    def _transform(cls, v: Any) -> tuple[float, ...]:
         try:
-            transform = tuple(float(v) for v in tuple(self.transform)[:6])
+            t = tuple(float(x) for x in tuple(v)[:6])
         except (TypeError, ValueError):
-            raise ConfigError(f"transform {self.transform!r}: expected 6 numbers (a, b, c, d, e, f)") from None
-        if len(transform) != 6 or not all(math.isfinite(v) for v in transform):
-            raise ConfigError(f"transform {self.transform!r}: expected 6 finite numbers (a, b, c, d, e, f)")
-        a, b, _, d, e, _ = transform
+            raise ValueError(f"{v!r}: expected 6 numbers (a, b, c, d, e, f)") from None
+        if len(t) != 6 or not all(math.isfinite(x) for x in t):
+            raise ValueError(f"{v!r}: expected 6 finite numbers (a, b, c, d, e, f)")
+        a, b, _, d, e, _ = t
         if b != 0.0 or d != 0.0:
-            raise ConfigError(
-                f"transform {transform} is rotated or sheared (b={b}, d={d}); 1-D x/y coordinates need a "
-                "north-up grid: warp the input to a north-up grid first (e.g. gdalwarp)"
-            )
+            raise ValueError(f"{t} is rotated or sheared (b={b}, d={d}); 1-D x/y coordinates need a north-up grid: "
+                             "warp the input to a north-up grid first (e.g. gdalwarp)")
         if a == 0.0 or e == 0.0:
-            raise ConfigError(f"transform {transform} has a zero pixel size")
-        _set("transform", transform)
-        if (not isinstance(self.variable, str) or not _NAME.match(self.variable) or self.variable in RESERVED_NAMES
-                or _LEVEL_COORD.match(self.variable)):
-            raise ConfigError(
-                f"variable {self.variable!r}: use a name of letters, digits, '_', '-' or '.', starting with a "
-                f"letter, and none of {', '.join(RESERVED_NAMES)}, x_<n>, y_<n>"
-            )
-        if self.dtype not in DTYPES:
-            raise ConfigError(f"dtype {self.dtype!r}: use one of {', '.join(DTYPES)}")
-        if self.zarr_format not in ZARR_FORMATS:
-            raise ConfigError(f"zarr_format {self.zarr_format!r}: use 2 or 3")
-        _set("zarr_format", int(self.zarr_format))
-        if self.compressor not in COMPRESSORS:
-            raise ConfigError(f"compressor {self.compressor!r}: use one of {', '.join(COMPRESSORS)}")
-        if not 0 <= int(self.level) <= 22:
-            raise ConfigError(f"level={self.level}: compression level must be within 0..22")
-        _set("level", int(self.level))
-        if self.shard is not None:
-            _set("shard", _positive_int("shard", self.shard))
-            if self.zarr_format != 3:
-                raise ConfigError("shard needs zarr_format 3 (Zarr v2 has no sharding); set zarr_format: 3 or drop shard")
-            if self.shard % self.chunk or self.block % self.shard:
-                raise ConfigError(
-                    f"shard={self.shard} must be a multiple of chunk={self.chunk} and divide block={self.block}, "
-                    "so that every block writes whole shards"
-                )
+            raise ValueError(f"{t} has a zero pixel size")
+        return t
+
+    @field_validator("variable")
+    @classmethod
+    def _variable(cls, v: str) -> str:
+        if not _NAME.match(v) or v in RESERVED_NAMES or _LEVEL_COORD.match(v):
+            raise ValueError(f"{v!r}: use a name of letters, digits, '_', '-' or '.', starting with a letter, and "
+                             f"none of {', '.join(RESERVED_NAMES)}, x_<n>, y_<n>")
+        return v
+
+    @model_validator(mode="after")
+    def _geometry(self) -> OutputSpec:
+        if self.block % self.chunk:
+            raise ValueError(f"block={self.block} must be a multiple of chunk={self.chunk} so that every output "
+                             "chunk is written by exactly one block")
+        if len(self.band_names) != self.shape[0]:
+            raise ValueError(f"{len(self.band_names)} band names {self.band_names} for {self.shape[0]} bands; give "
+                             "one name per band")
+        if self.shard is not None and (self.shard % self.chunk or self.block % self.shard):
+            raise ValueError(f"shard={self.shard} must be a multiple of chunk={self.chunk} and divide "
+                             f"block={self.block}, so that every block writes whole shards")
         if self.overviews is not None:
-            n = int(self.overviews)
-            most = max_overview_levels(shape[1], shape[2])
-            if not 0 <= n <= most:
-                raise ConfigError(
-                    f"overviews={self.overviews}: a {shape[1]} x {shape[2]} output has room for 0..{most} 2x levels"
-                )
-            _set("overviews", n)
-        try:
-            samples = int(self.uncertainty_samples)
-        except (TypeError, ValueError):
-            samples = -1
-        if samples != self.uncertainty_samples or samples < 0 or samples == 1:
-            raise ConfigError(
-                f"uncertainty_samples={self.uncertainty_samples!r}: use 0 (no uncertainty variable) or the number "
-                "of samples per tile, at least 2"
-            )
-        _set("uncertainty_samples", samples)
+            most = max_overview_levels(self.shape[1], self.shape[2])
+            if self.overviews > most:
+                raise ValueError(f"overviews={self.overviews}: a {self.shape[1]} x {self.shape[2]} output has room "
+                                 f"for 0..{most} 2x levels")
+        return self
 
     @property
     def std_variable(self) -> str | None:
@@ -226,18 +218,14 @@ class OutputSpec:
 
     # -- serialisation ----------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["shape"] = list(self.shape)
-        d["band_names"] = list(self.band_names)
-        d["transform"] = list(self.transform)
+        d = self.model_dump(mode="json")
         if not self.uncertainty_samples:
             del d["uncertainty_samples"]  # off: the plan of a store without it reads as before the option existed
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "OutputSpec":
-        known = set(cls.__dataclass_fields__)
-        unknown = set(d) - known
+        unknown = set(d) - set(cls.model_fields)
         if unknown:
             raise ConfigError(
                 f"output spec has unknown fields {sorted(unknown)}; the store was written by a newer geosr"
@@ -245,15 +233,12 @@ class OutputSpec:
         return cls(**d)
 
     @classmethod
-    def from_config(cls, output: "OutputConfig", *, shape: tuple[int, int, int], chunk: int, block: int,
+    def from_config(cls, output: OutputLayout, *, shape: tuple[int, int, int], chunk: int, block: int,
                     band_names: tuple[str, ...], crs_wkt: str, transform: tuple[float, ...]) -> "OutputSpec":
-        """Build a spec from a :class:`geosr.config.OutputConfig` plus the scene's output geometry."""
-        return cls(
-            shape=shape, chunk=chunk, block=block, band_names=band_names, crs_wkt=crs_wkt, transform=transform,
-            variable=output.variable, dtype=output.dtype, zarr_format=output.zarr_format, shard=output.shard,
-            compressor=output.compressor, level=output.level, overviews=output.overviews,
-            uncertainty_samples=output.uncertainty_samples,
-        )
+        """Build a spec from the output configuration (its layout fields) plus the scene's output geometry."""
+        layout = {k: getattr(output, k) for k in OutputLayout.model_fields}
+        return cls(shape=shape, chunk=chunk, block=block, band_names=band_names, crs_wkt=crs_wkt,
+                   transform=transform, **layout)
 
 
 def auto_overview_levels(height: int, width: int, smallest: int = 256) -> int:
@@ -272,16 +257,6 @@ def max_overview_levels(height: int, width: int) -> int:
         side = math.ceil(side / 2)
         n += 1
     return n
-
-
-def _positive_int(name: str, value: Any) -> int:
-    try:
-        v = int(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{name}={value!r}: expected a positive number of output pixels") from None
-    if v < 1 or v != value:
-        raise ConfigError(f"{name}={value!r}: expected a positive number of output pixels")
-    return v
 
 
 def _check_crs(wkt: str) -> None:

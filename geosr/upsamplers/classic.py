@@ -5,7 +5,7 @@ mirrored tile edges.
 Every output sample is the same elementwise float32 arithmetic on its taps, whatever window it is computed
 in (:func:`upsample_window`): a tile's output never depends on which other tiles share its batch (the
 engine's partition invariance), and a whole block window gives a tile's bits wherever the tile's taps are
-its own (the engine's window path, :mod:`geosr.separable`).
+its own (the window path, :mod:`.window_path`).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The classic kernels' window path (geosr.separable) gives the tiled path's exact bytes, for any block."""
+"""The classic kernels' window path (geosr.upsamplers.window_path) gives the tiled path's exact bytes, for any block."""
 
 from __future__ import annotations
 
@@ -8,14 +8,15 @@ import zarr
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from geosr import separable
+from geosr.upsamplers import window_path as separable
 from geosr.blend import BlockBlender
 from geosr.config import load_config
-from geosr.engine import BlockInput, run_scene
+from geosr.lifecycle import run_scene
+from geosr.tiles import BlockInput
 from geosr.grid import BlockGrid, TileGrid
 from geosr.upsamplers import TileBatch
 from geosr.upsamplers.classic import KINDS, ClassicUpsampler
-from geosr.weights import RAMPS
+from geosr.blend_weights import RAMPS
 from tests.data.synthetic import make_geotiff
 
 
