@@ -68,16 +68,16 @@ def floor_run(inp: str, out: str, scale: int, chunk: int, block: int, workers: i
 
     import rasterio
 
-    from geosr.config import load_config
     from geosr.block_step import super_resolve_block
-    from geosr.plan import ScenePlan
-    from geosr.tiles import read_block
-    from geosr.upsamplers.recipe import ModelRecipe
+    from geosr.config import load_config
     from geosr.io.source import open_source
     from geosr.io.storage import StorageEnv
+    from geosr.plan import ScenePlan
     from geosr.store import ZarrOutput
     from geosr.store.encode import encode
     from geosr.store.overviews import block_pyramid
+    from geosr.tiles import read_block
+    from geosr.upsamplers.recipe import ModelRecipe
 
     cfg = load_config(None, {"tiling.scale": scale, "tiling.chunk": chunk, "tiling.block": block,
                              "model.name": "bicubic", "model.device": "cpu"})

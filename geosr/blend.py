@@ -109,7 +109,7 @@ class BlockBlender:
             )
         out = self._ref
         out += self._acc
-        self._acc = None  # the blender is spent
+        self._acc = None  # type: ignore[assignment]  # the blender is spent
         return out
 
 

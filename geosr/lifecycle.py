@@ -28,9 +28,9 @@ from .config import RunConfig
 from .errors import ConfigError, OutputError, OutputExistsError
 from .grid import Block
 from .io.source import open_source
-from .rasters import RasterSource
 from .io.storage import StorageEnv
 from .plan import ScenePlan
+from .rasters import RasterSource
 from .retry import STORAGE, RetryPolicy, call_with_retry
 from .stats import scene_metrics
 from .store import StoreStatus, ZarrOutput, store_status
@@ -237,7 +237,7 @@ def run_scene(input_uri: str, output_uri: str, cfg: RunConfig, executor: Executo
     if announce is not None:
         announce(size_estimate(shape))
     check_size(shape)
-    base = {"in_shape": source.meta.shape, "out_shape": grid.out_shape, "tiles": grid.n_tiles}
+    base: dict[str, Any] = {"in_shape": source.meta.shape, "out_shape": grid.out_shape, "tiles": grid.n_tiles}
     out_px = grid.out_shape[0] * grid.out_shape[1]
 
     def report(state: str, plan: ScenePlan, run: int = 0, metrics: dict[str, Any] | None = None,

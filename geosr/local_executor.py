@@ -14,9 +14,9 @@ from typing import Any, Callable
 
 from .block_step import model_step
 from .grid import Block
-from .rasters import RasterSink, RasterSource
 from .lifecycle import ModelInfo
 from .plan import ScenePlan
+from .rasters import RasterSink, RasterSource
 from .retry import RetryPolicy
 from .tiles import read_step
 from .upsample import BatchSize

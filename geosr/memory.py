@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -78,7 +78,7 @@ class MemorySink:
 
 
 def one_block_tiling(height: int, width: int, *, scale: int, tile: int, overlap: int,
-                     ramp: str = "cosine") -> TilingConfig:
+                     ramp: Literal["cosine", "linear", "uniform"] = "cosine") -> TilingConfig:
     """Tiling for an in-memory scene: ``tile``/``overlap`` as given, one block (of whole chunks) for the whole
     output -- any block partition gives the same bytes, one block is the fastest in memory."""
     unit = 64 * scale  # a chunk is at least 64 px and a multiple of the scale

@@ -132,7 +132,7 @@ def degrade(img: np.ndarray, scale: int, operator: str = "average", sigma: float
         step = 32  # low-res rows per pass: the scratch stays in cache
         for y in range(0, h // scale, step):
             strip = a[:, y * scale : (y + step) * scale]
-            rows = strip[:, 0::scale].astype(acc)  # whole rows first: contiguous adds
+            rows: np.ndarray = strip[:, 0::scale].astype(acc)  # whole rows first: contiguous adds
             for k in range(1, scale):
                 rows += strip[:, k::scale]
             dst = out[:, y : y + step]

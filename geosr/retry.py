@@ -24,7 +24,7 @@ from typing import Any, Callable, TypeVar
 
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt
 
-from .io.failures import cluster_lost, cause_chain, is_transient
+from .io.failures import cause_chain, cluster_lost, is_transient
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

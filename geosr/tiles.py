@@ -12,8 +12,8 @@ import numpy as np
 from scipy import ndimage
 
 from .grid import Block, TileGrid, mirror_indices
-from .rasters import RasterSource
 from .plan import ScenePlan
+from .rasters import RasterSource
 from .retry import STORAGE, RetryPolicy, call_with_retry
 
 

@@ -6,14 +6,17 @@ from __future__ import annotations
 import subprocess
 import sys
 
-import numpy as np
 import pytest
-import rasterio
 from rasterio.transform import Affine
 
 from geosr.cli import main
-from tests.data.synthetic import (make_corrupt_block_geotiff, make_geotiff, make_truncated_geotiff,
-                                  make_ungeoreferenced_tiff, write_not_a_raster)
+from tests.data.synthetic import (
+    make_corrupt_block_geotiff,
+    make_geotiff,
+    make_truncated_geotiff,
+    make_ungeoreferenced_tiff,
+    write_not_a_raster,
+)
 
 SMALL = ["--scale", "2", "--tile", "32", "--overlap", "8", "--chunk", "64", "--block", "128",
          "--device", "cpu", "--no-progress", "--model", "bicubic"]

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from geosr import metrics
 from geosr.diffusion.consistency import consistent_base, degrade, project, upsample
 from geosr.diffusion.model import LatentSR
 from geosr.diffusion.noise import keyed_noise, keyed_noise_numpy, sample_seed, tile_coords
@@ -18,7 +19,6 @@ from geosr.diffusion.upsampler import LatentDiffusionUpsampler, build
 from geosr.diffusion.weights_io import load_model, save_model
 from geosr.errors import ConfigError, ModelError
 from geosr.upsamplers import TileBatch, build_upsampler
-from geosr import metrics
 
 torch.set_num_threads(1)
 

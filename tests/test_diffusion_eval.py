@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from geosr import metrics
-from geosr.diffusion.evaluate import scene_boundaries, super_resolve
+from geosr.diffusion.evaluate import scene_boundaries, upsample_image
 from geosr.diffusion.model import LatentSR
 from geosr.diffusion.spec import AutoencoderSpec, DenoiserSpec, ModelSpec
 from geosr.diffusion.weights_io import save_model
@@ -30,10 +30,10 @@ def _tif(path, h=64, w=96):
     return str(path)
 
 
-def test_super_resolve_blends_to_the_global_result():
+def test_upsample_image_blends_to_the_global_result():
     img = np.random.default_rng(1).random((3, 40, 50)).astype(np.float32)
     up = build_upsampler("nearest", scale=2, device="cpu")
-    out = super_resolve(up, img, scale=2, tile=16, overlap=4)
+    out = upsample_image(up, img, scale=2, tile=16, overlap=4)
     # nearest tiles agree everywhere, so the blend is exactly the nearest image
     np.testing.assert_allclose(out, img.repeat(2, 1).repeat(2, 2), atol=1e-6)
     by, bx = scene_boundaries(40, 50, 16, 4, 2)

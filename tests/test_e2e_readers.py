@@ -10,8 +10,8 @@ import rioxarray  # noqa: F401  (registers .rio)
 import xarray as xr
 
 from geosr.config import load_config
-from geosr.lifecycle import run_scene
 from geosr.io.sample import sample_path
+from geosr.lifecycle import run_scene
 from geosr.store import stac_item_uri
 from tests.data.synthetic import make_geotiff
 

@@ -8,10 +8,10 @@ import rasterio
 import zarr
 
 from geosr.config import load_config
-from geosr.lifecycle import run_scene
 from geosr.errors import OutputExistsError
-from geosr.store import store_status
 from geosr.io.storage import StorageEnv
+from geosr.lifecycle import run_scene
+from geosr.store import store_status
 from tests.data.synthetic import make_geotiff
 
 

@@ -14,6 +14,7 @@ import pytest
 from geosr.io.storage import StorageEnv
 from geosr.store import store_status
 from tests.test_faults_support import (  # noqa: F401 - scene and clean_store are fixtures
+    SET,
     assert_identical,
     clean_store,
     cli,
@@ -22,7 +23,6 @@ from tests.test_faults_support import (  # noqa: F401 - scene and clean_store ar
     output_files,
     rerun_finishes,
     scene,
-    SET,
     start_cli,
     wait_for,
 )

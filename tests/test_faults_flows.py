@@ -19,23 +19,23 @@ import threading
 
 import pytest
 
+from geosr.config import load_config
 from geosr.io.storage import StorageEnv
 from geosr.orchestration.cluster import worker_roles
-from geosr.config import load_config
 from geosr.orchestration.gpu_limit import ensure_gpu_limit
 from geosr.orchestration.settings import RunSettings
 from geosr.store import store_status
 from tests.conftest import TEST_SECRET_KEY
 from tests.test_faults_support import (  # noqa: F401 - scene and clean_store are fixtures
+    RUN,
+    SET,
     clean_store,
     cli,
     leftovers,
     markers,
     output_files,
-    RUN,
     s3_output_files,
     scene,
-    SET,
     start_cli,
     wait_for,
 )

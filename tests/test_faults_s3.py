@@ -6,20 +6,19 @@ resume."""
 
 from __future__ import annotations
 
-
 import pytest
 
 from tests.test_faults_support import (  # noqa: F401 - scene and clean_store are fixtures
+    SET,
+    PrivateS3,
     assert_identical,
     clean_store,
     cli,
     in_thread,
     one_line_error,
     output_files,
-    PrivateS3,
     s3_output_files,
     scene,
-    SET,
     start_cli,
     wait_for,
 )

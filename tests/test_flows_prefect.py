@@ -17,12 +17,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from geosr.lifecycle import run_scene
+from geosr.config import RunConfig, load_config
 from geosr.io.storage import StorageEnv
+from geosr.lifecycle import run_scene
 from geosr.orchestration.cluster import ClusterSpec, dask_client
 from geosr.orchestration.fan_out import SceneCall, submit_deployment_runs
 from geosr.orchestration.gpu_limit import ensure_gpu_limit
-from geosr.config import RunConfig, load_config
 from geosr.orchestration.settings import RunSettings
 from geosr.store import stac_item_uri, store_status
 from tests.test_orchestration_support import SMALL, assert_same_store, make_scene, small_config, store_arrays

@@ -1,8 +1,7 @@
 import numpy as np
 import pytest
 
-from geosr.metrics import (SeamAccumulator, degrade, lr_consistency, psnr, seam_metric, ssim,
-                           tile_boundaries)
+from geosr.metrics import SeamAccumulator, degrade, lr_consistency, psnr, seam_metric, ssim, tile_boundaries
 
 
 def _smooth(c=3, h=128, w=96, seed=0):

@@ -12,14 +12,13 @@ import time
 
 import pytest
 
-from geosr.lifecycle import run_scene
 from geosr.io.storage import StorageEnv
+from geosr.lifecycle import run_scene
 from geosr.orchestration.cluster import ClusterSpec, dask_client, worker_roles
 from geosr.orchestration.dask_executor import ClusterRunOptions, DaskExecutor, worker_cache_stats
-from geosr.store.lease import LeaseOptions, lease_uri
 from geosr.store import stac_item_uri, store_status
+from geosr.store.lease import LeaseOptions, lease_uri
 from tests.test_orchestration_support import assert_same_store, make_scene, restart_s3, small_config, store_arrays
-
 
 
 def run_scene_distributed(src, out, cfg, client, options=ClusterRunOptions(), **kw):
@@ -182,8 +181,7 @@ def test_s3_server_restarted_mid_run_is_retried(client, scene, reference, s3_buc
 
 
 def test_killed_gpu_worker_mid_scene_the_scene_completes(scene, reference, tmp_path):
-    from distributed import Nanny, Scheduler, SpecCluster
-    from distributed import Client
+    from distributed import Client, Nanny, Scheduler, SpecCluster
 
     preload = ["tests.test_orchestration_support"]
     workers = {

@@ -12,27 +12,26 @@ import time
 import numpy as np
 import pytest
 
-from geosr.lifecycle import SceneReport, run_scene
-from geosr.plan import ScenePlan
-from geosr.tiles import read_block
-from geosr.errors import InputError, InputNotFoundError, ModelError, StorageAuthError
+from geosr.errors import InputError, InputNotFoundError, LeaseLostError, ModelError, SceneLockedError, StorageAuthError
+from geosr.io.failures import is_transient
 from geosr.io.source import open_source
 from geosr.io.storage import StorageEnv
+from geosr.lifecycle import SceneReport, run_scene
 from geosr.orchestration.artifacts import artifact_key, public_url, quicklook_uri, scene_markdown
 from geosr.orchestration.backfill import plan_backfill
 from geosr.orchestration.discovery import discover, explicit_scenes
+from geosr.orchestration.errors import DiscoveryError
+from geosr.orchestration.jobs import SceneJob, scene_output_uri
+from geosr.orchestration.model_cache import ModelCache
 from geosr.orchestration.query import SceneQuery, lookback_interval, parse_bbox, parse_interval
 from geosr.orchestration.stac_source import stac_search_parameters
-from geosr.errors import LeaseLostError, SceneLockedError
-from geosr.orchestration.errors import DiscoveryError
-from geosr.orchestration.model_cache import ModelCache
-from geosr.orchestration.jobs import SceneJob, scene_output_uri
-from geosr.store.lease import LeaseRecord, SceneLease, lease_uri
-from geosr.io.failures import is_transient
+from geosr.plan import ScenePlan
 from geosr.retry import RetryPolicy, call_with_retry
+from geosr.store.lease import LeaseRecord, SceneLease, lease_uri
+from geosr.tiles import read_block
 from geosr.upsample import upsample_tiles
-from geosr.upsamplers.recipe import ModelRecipe
 from geosr.upsamplers import build_upsampler
+from geosr.upsamplers.recipe import ModelRecipe
 from tests.test_orchestration_support import make_scene, small_config
 
 

@@ -37,8 +37,8 @@ from geosr.errors import (
 from geosr.io.radiometry import parse_processing_baseline
 from geosr.io.sample import available_samples, sample_path
 from geosr.io.source import local_checksum, open_source
-from geosr.rasters import RasterSource
 from geosr.io.storage import StorageEnv
+from geosr.rasters import RasterSource
 from tests.data.synthetic import (
     make_corrupt_block_geotiff,
     make_geotiff,

@@ -16,18 +16,18 @@ import xarray as xr
 import zarr
 from pyproj import CRS
 
+from geosr.blend import blend_tiles
 from geosr.cli import main
 from geosr.config import load_config
-from geosr.blend import blend_tiles
-from geosr.lifecycle import run_scene
-from geosr.plan import ScenePlan
-from geosr.tiles import read_block
-from geosr.upsample import block_tiles
 from geosr.errors import ConfigError, OutputExistsError
 from geosr.io.source import open_source
 from geosr.io.storage import StorageEnv
+from geosr.lifecycle import run_scene
+from geosr.plan import ScenePlan
 from geosr.store import OutputSpec, ZarrOutput, store_status
 from geosr.store.describe import describe_store
+from geosr.tiles import read_block
+from geosr.upsample import block_tiles
 from geosr.upsamplers import TileBatch, build_upsampler, register, require_sampling, sampling_models
 from geosr.upsamplers.classic import ClassicUpsampler
 from tests.data.synthetic import make_geotiff

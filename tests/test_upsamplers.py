@@ -5,7 +5,7 @@ import pytest
 
 from geosr.errors import ConfigError
 from geosr.upsamplers import TileBatch, Upsampler, available, build_upsampler
-from geosr.upsamplers.classic import KINDS, lanczos_matrix
+from geosr.upsamplers.classic import KINDS
 
 
 def _batch(n=5, c=4, h=24, w=20, seed=0):

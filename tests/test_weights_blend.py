@@ -7,8 +7,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from geosr.blend import BlockBlender
-from geosr.grid import Block, BlockGrid, TileGrid
 from geosr.blend_weights import RAMPS, axis_weights, ramp, tile_weight
+from geosr.grid import Block, BlockGrid, TileGrid
 
 
 @st.composite

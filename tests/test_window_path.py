@@ -8,15 +8,15 @@ import zarr
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from geosr.upsamplers import window_path as separable
 from geosr.blend import BlockBlender
+from geosr.blend_weights import RAMPS
 from geosr.config import load_config
+from geosr.grid import BlockGrid, TileGrid
 from geosr.lifecycle import run_scene
 from geosr.tiles import BlockInput
-from geosr.grid import BlockGrid, TileGrid
 from geosr.upsamplers import TileBatch
+from geosr.upsamplers import window_path as separable
 from geosr.upsamplers.classic import KINDS, ClassicUpsampler
-from geosr.blend_weights import RAMPS
 from tests.data.synthetic import make_geotiff
 
 

@@ -10,7 +10,6 @@ import argparse
 import sys
 
 from ..jsonio import dumps
-
 from ._flags import add_config_flags, config_from_args
 from .flows import _report_state, add_cluster_options, add_source_options, ensure_limit, settings_from_args
 

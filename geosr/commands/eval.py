@@ -54,10 +54,10 @@ def run(args: argparse.Namespace) -> int:
 
     import yaml
 
-    from ..errors import ConfigError
-    from ..upsamplers import build_upsampler
     from ..diffusion.evaluate import BackProjectedBicubic, EvalSetup, classic, evaluate, markdown_table, seams
     from ..diffusion.weights_io import bundled_dir, load_model
+    from ..errors import ConfigError
+    from ..upsamplers import build_upsampler
 
     if args.manifest:
         return _run_manifest(args)
@@ -119,8 +119,14 @@ def _run_manifest(args: argparse.Namespace) -> int:
 
     from pathlib import Path
 
-    from ..diffusion.evaluate import (BackProjected, classic, evaluate_scenes, manifest_heldout, scenes_table,
-                                      summary_table)
+    from ..diffusion.evaluate import (
+        BackProjected,
+        classic,
+        evaluate_scenes,
+        manifest_heldout,
+        scenes_table,
+        summary_table,
+    )
     from ..diffusion.weights_io import bundled_dir, load_model
     from ..errors import InputError
     from ..upsamplers import build_upsampler

@@ -23,7 +23,8 @@ def register(sub) -> None:
     add_config_flags(p)
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     p.add_argument("--no-progress", action="store_true", help="no size estimate and no progress bar on stderr")
-    p.add_argument("--preview", metavar="PNG", help="also write a side-by-side quicklook PNG")
+    p.add_argument("--quicklook", "--preview", dest="quicklook", metavar="PNG",
+                   help="also write the side-by-side quicklook PNG (input and output)")
     p.set_defaults(func=_run)
 
 
@@ -82,9 +83,9 @@ def _run(args: argparse.Namespace) -> int:
         print(f"{rep.state}: {args.output}  blocks {rep.blocks_run}/{rep.blocks_total}  "
               f"{rep.seconds:.1f} s  {rep.mpx_per_s:.1f} Mpx/s  "
               f"LR-L1 {_num(m.get('lr_l1'), '.5f')}  seam {_num(m.get('seam_metric'), '.3f')}")
-    if args.preview:
-        from ..preview import make_preview
+    if args.quicklook:
+        from ..quicklook import make_quicklook
 
-        make_preview(args.input, args.output, args.preview, cfg, env)
-        print(f"preview: {args.preview}")
+        make_quicklook(args.input, args.output, args.quicklook, cfg, env)
+        print(f"quicklook: {args.quicklook}")
     return 0

@@ -35,9 +35,9 @@ def run(args: argparse.Namespace) -> int:
 
     import yaml
 
-    from ..errors import ConfigError
     from ..diffusion.spec import ModelSpec
     from ..diffusion.train import Trainer, train_spec_from_dict
+    from ..errors import ConfigError
 
     path = Path(args.config)
     if not path.is_file():

@@ -8,7 +8,7 @@
   and :func:`geosr.metrics.seam_metric` is measured on the tile boundaries; the model is run with
   position-keyed noise and with independent per-tile noise (LDSR-S2 behaviour) through the same code.
 
-Every method super-resolves through the production path (:func:`super_resolve`, which is ``geosr run``'s read
+Every method super-resolves through the production path (:func:`upsample_image`, which is ``geosr run``'s read
 and model steps on an in-memory source and sink: tiles, batching, blending, nodata fill, projection); it holds
 one image in memory, which is all an evaluation needs.
 """
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 import numpy as np
 
@@ -29,8 +29,8 @@ from ..upsamplers import TileBatch, Upsampler, build_upsampler
 from .data import read_reflectance, split
 
 
-def super_resolve(up: Upsampler, img: np.ndarray, *, scale: int, tile: int, overlap: int, seed: int = 0,
-                  ramp: str = "cosine") -> np.ndarray:
+def upsample_image(up: Upsampler, img: np.ndarray, *, scale: int, tile: int, overlap: int, seed: int = 0,
+                  ramp: Literal["cosine", "linear", "uniform"] = "cosine") -> np.ndarray:
     """Super-resolve a whole (C, H, W) image exactly as ``geosr run`` does (:func:`geosr.memory.super_resolve_array`:
     the global tile grid, the tile stream's batches, the global blending weights, the projection of a model that
     re-imposes consistency), in memory. Returns (C, sH, sW) float32."""
@@ -82,7 +82,7 @@ def evaluate(methods: dict[str, Callable[[], Any]], s: EvalSetup, log=print) -> 
         ps, ss, l1, ang, px, secs = [], [], [], [], 0, 0.0
         for f, lr, hr in pairs:
             t0 = time.perf_counter()
-            sr = super_resolve(up, lr, scale=s.scale, tile=s.tile, overlap=s.overlap, seed=s.seed)
+            sr = upsample_image(up, lr, scale=s.scale, tile=s.tile, overlap=s.overlap, seed=s.seed)
             secs += time.perf_counter() - t0
             n = hr.shape[1] * hr.shape[2]
             ps.append((metrics.psnr(sr, hr), n))
@@ -122,7 +122,7 @@ def seams(methods: dict[str, Callable[[], Any]], s: EvalSetup, log=print) -> dic
         tot = np.zeros(4)
         for img in imgs:
             c, h, w = img.shape
-            sr = super_resolve(up, img, scale=s.scale, tile=s.seam_tile, overlap=s.seam_overlap, seed=s.seed)
+            sr = upsample_image(up, img, scale=s.scale, tile=s.seam_tile, overlap=s.seam_overlap, seed=s.seed)
             by, bx = scene_boundaries(h, w, s.seam_tile, min(s.seam_overlap, s.seam_tile // 2), s.scale)
             acc.add(sr, by, bx)
             tot += np.array(aligned_seam_ratio(sr, by, bx, s.scale))
@@ -225,7 +225,7 @@ def evaluate_scenes(methods: dict[str, Callable[[], Any]], scenes: list[HeldoutS
         for sc in scenes:
             c, h, w = sc.lowres.shape
             t0 = time.perf_counter()
-            sr = super_resolve(up, sc.lowres, scale=scale, tile=tile, overlap=overlap, seed=seed)
+            sr = upsample_image(up, sc.lowres, scale=scale, tile=tile, overlap=overlap, seed=seed)
             secs = time.perf_counter() - t0
             by, bx = scene_boundaries(h, w, tile, min(overlap, tile // 2), scale)
             keep = [i for i, v in enumerate(sc.present or (True,) * c) if v]

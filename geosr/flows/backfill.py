@@ -16,16 +16,16 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
-from geosr.flows.scene import scene_task
 from geosr.config import RunConfig
+from geosr.flows.scene import scene_task
 from geosr.io.storage import StorageEnv
 from geosr.orchestration.artifacts import artifact_key
 from geosr.orchestration.backfill import BackfillOutcome, BackfillPlan, plan_backfill
 from geosr.orchestration.cluster import cluster_address
 from geosr.orchestration.discovery import discover, explicit_scenes
-from geosr.orchestration.query import SceneQuery, interval_text, parse_bbox
 from geosr.orchestration.fan_out import SceneCall, fan_out, finish, submit_deployment_runs, wait_flow_runs
 from geosr.orchestration.prefect_io import publish_backfill, resolve_config, run_logger
+from geosr.orchestration.query import SceneQuery, SourceKind, interval_text, parse_bbox
 from geosr.orchestration.settings import RunSettings
 
 SCENE_DEPLOYMENT = "super-resolve-scene/on-demand"
@@ -44,7 +44,7 @@ def plan(query: SceneQuery | None, scenes: list[str], output_prefix: str, cfg: R
 @flow(name="geosr-backfill")
 def backfill(output_prefix: str, source: str | None = None, scenes: list[str] | None = None,
              start: str | None = None, end: str | None = None, bbox: list[float] | str | None = None,
-             collection: str | None = None, glob: str = "*.tif", source_kind: str = "auto",
+             collection: str | None = None, glob: str = "*.tif", source_kind: SourceKind = "auto",
              max_cloud_cover: float | None = None, asset: str | None = None, limit: int | None = None,
              config: RunConfig | None = None, config_path: str | None = None, overwrite: bool = False,
              dry_run: bool = False, seconds_per_tile: float | None = None,

@@ -11,14 +11,14 @@ from typing import Any
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
-from geosr.flows.scene import scene_task
 from geosr.config import RunConfig, StorageConfig
+from geosr.flows.scene import scene_task
 from geosr.io.storage import StorageEnv
 from geosr.orchestration.cluster import cluster_address
 from geosr.orchestration.discovery import discover, pending
-from geosr.orchestration.query import SceneQuery, lookback_interval, parse_bbox
 from geosr.orchestration.fan_out import SceneCall, fan_out, finish
 from geosr.orchestration.prefect_io import publish_backfill, resolve_config, run_logger
+from geosr.orchestration.query import SceneQuery, SourceKind, lookback_interval, parse_bbox
 from geosr.orchestration.settings import RunSettings
 
 
@@ -31,7 +31,7 @@ def find_new_scenes(query: SceneQuery, output_prefix: str, storage: StorageConfi
 
 
 @flow(name="process-new-scenes")
-def process_new_scenes(source: str, output_prefix: str, glob: str = "*.tif", source_kind: str = "auto",
+def process_new_scenes(source: str, output_prefix: str, glob: str = "*.tif", source_kind: SourceKind = "auto",
                        collection: str | None = None, bbox: list[float] | str | None = None,
                        datetime: str | None = None, lookback_days: float | None = None,
                        max_cloud_cover: float | None = None, asset: str | None = None, limit: int | None = None,

@@ -20,7 +20,7 @@ def is_gdal_error(exc: BaseException) -> bool:
 
 def gdal_message(exc: BaseException) -> str:
     """The most specific GDAL message in an exception chain, on one line."""
-    msgs = []
+    msgs: list[str] = []
     e: BaseException | None = exc
     while e is not None and len(msgs) < 8:
         msgs.append(str(e))
@@ -50,7 +50,9 @@ def gdal_error(exc: BaseException, uri: str, doing: str) -> GeosrError:
 
 
 def _chain_text(exc: BaseException) -> str:
-    parts, e, n = [], exc, 0
+    parts: list[str] = []
+    e: BaseException | None = exc
+    n = 0
     while e is not None and n < 8:
         parts.append(str(e))
         e, n = e.__cause__ or e.__context__, n + 1

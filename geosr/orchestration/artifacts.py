@@ -12,9 +12,9 @@ from typing import Any
 
 from ..config import RunConfig
 from ..io.storage import StorageEnv, is_remote, strip_protocol
+from ..lifecycle import SceneReport
 from ..store import stac_item_uri
 from .backfill import BackfillOutcome, BackfillPlan, format_seconds
-from ..lifecycle import SceneReport
 
 log = logging.getLogger(__name__)
 
@@ -48,14 +48,14 @@ def public_url(uri: str, mapping: str | None = None) -> str | None:
 
 
 def write_quicklook(input_uri: str, output_uri: str, cfg: RunConfig, env: StorageEnv, crop: int = 256) -> str:
-    """Render the side-by-side quicklook (:func:`geosr.preview.make_preview`) and store it beside the
+    """Render the side-by-side quicklook (:func:`geosr.quicklook.make_quicklook`) and store it beside the
     output; returns its URI."""
-    from ..preview import make_preview
+    from ..quicklook import make_quicklook
 
     target = quicklook_uri(output_uri)
     with tempfile.TemporaryDirectory(prefix="geosr-quicklook-") as tmp:
         png = os.path.join(tmp, "quicklook.png")
-        make_preview(input_uri, output_uri, png, cfg, env, crop=crop)
+        make_quicklook(input_uri, output_uri, png, cfg, env, crop=crop)
         fs = env.filesystem(target)
         path = strip_protocol(target) if is_remote(target) else os.path.abspath(strip_protocol(target))
         if not is_remote(target):

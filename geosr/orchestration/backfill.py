@@ -19,10 +19,10 @@ from ..errors import GeosrError
 from ..io.source import open_source
 from ..io.storage import StorageEnv
 from ..plan import ScenePlan
-from .discovery import SceneState, scene_states
-from .query import SceneRef
-from .jobs import SceneJob
 from ..retry import STORAGE, RetryPolicy, call_with_retry
+from .discovery import SceneState, scene_states
+from .jobs import SceneJob
+from .query import SceneRef
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +125,7 @@ def _calibrate(states: list[SceneState], env: StorageEnv, model_name: str) -> tu
             loc = StoreLocation(st.output_uri, env)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                attrs = zarr.open_group(loc.zarr_store(read_only=True), mode="r").attrs.asdict()
+                attrs: dict[str, Any] = dict(zarr.open_group(loc.zarr_store(read_only=True), mode="r").attrs.asdict())
         except Exception as e:  # a store we cannot read is no calibration point
             log.debug("no calibration from %s: %s", st.output_uri, e)
             continue

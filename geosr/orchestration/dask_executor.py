@@ -23,10 +23,10 @@ from typing import Any, Callable
 
 from ..block_step import model_step
 from ..grid import Block
-from ..rasters import RasterSource
 from ..io.storage import StorageEnv
 from ..lifecycle import ModelInfo
 from ..plan import ScenePlan
+from ..rasters import RasterSource
 from ..retry import STORAGE, RetryPolicy, call_with_retry
 from ..store import ZarrOutput
 from ..tiles import ReadResult, read_step

@@ -20,10 +20,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from ..io.storage import StorageEnv, is_remote, strip_protocol
+from ..retry import RetryPolicy, call_with_retry
 from .errors import DiscoveryError
 from .jobs import scene_id_from_uri
 from .query import SceneQuery, SceneRef, date_from_name, in_interval, intersects, iso, parse_interval
-from ..retry import RetryPolicy, call_with_retry
 from .stac_source import from_item_collection, from_stac_api
 
 log = logging.getLogger(__name__)

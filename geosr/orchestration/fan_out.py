@@ -56,7 +56,7 @@ def submit_deployment_runs(deployment: str, calls: list[SceneCall], key_prefix: 
     for c in calls:
         key = f"{key_prefix}:{c.kwargs.get('idempotency_key') or c.scene_id}"
         params = {k: v for k, v in c.kwargs.items() if k != "idempotency_key"}
-        fr = run_deployment(deployment, parameters=params, idempotency_key=key, timeout=0, as_subflow=True)
+        fr: Any = run_deployment(deployment, parameters=params, idempotency_key=key, timeout=0, as_subflow=True)
         out.append((c, str(fr.id)))
     return out
 
@@ -72,7 +72,8 @@ def wait_flow_runs(runs: list[tuple[SceneCall, str]], poll_s: float = 10.0,
 
     outcome = outcome or BackfillOutcome()
     for c, fid in runs:
-        st = run_coro_as_sync(wait_for_flow_run(UUID(fid), timeout=None, poll_interval=max(1, int(poll_s)))).state
+        done: Any = run_coro_as_sync(wait_for_flow_run(UUID(fid), timeout=None, poll_interval=max(1, int(poll_s))))
+        st = done.state
         if st is not None and st.is_completed():
             try:
                 res = st.result(raise_on_failure=False)

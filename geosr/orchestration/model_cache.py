@@ -143,7 +143,5 @@ def model_cache() -> ModelCache:
         worker = get_worker()
     except (ImportError, ValueError):
         return _PROCESS_CACHE
-    plugin = worker.plugins.get(PLUGIN_NAME)
-    if plugin is None or getattr(plugin, "cache", None) is None:
-        return _PROCESS_CACHE
-    return plugin.cache
+    cache = getattr(worker.plugins.get(PLUGIN_NAME), "cache", None)
+    return cache if isinstance(cache, ModelCache) else _PROCESS_CACHE

@@ -8,9 +8,9 @@ import time
 from typing import Any
 
 from ..config import RunConfig, load_config
+from ..lifecycle import SceneReport
 from .artifacts import artifact_key, backfill_markdown, public_url, scene_markdown
 from .backfill import BackfillOutcome, BackfillPlan
-from ..lifecycle import SceneReport
 
 log = logging.getLogger(__name__)
 

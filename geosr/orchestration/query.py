@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, time, timedelta, timezone
 from typing import Any, Literal
 
-from .jobs import scene_output_uri
 from .errors import DiscoveryError
+from .jobs import scene_output_uri
 
 SourceKind = Literal["auto", "prefix", "stac-api", "item-collection"]
 BBox = tuple[float, float, float, float]
@@ -131,6 +131,7 @@ def in_interval(start: datetime | None, end: datetime | None, lo: datetime | Non
         return False
     lo = lo or hi
     hi = hi or lo
+    assert lo is not None and hi is not None
     return not ((start and hi < start) or (end and lo > end))
 
 

@@ -122,7 +122,7 @@ class StoreLocation:
         return {"uri": self.uri, "env": self.env}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["uri"], state["env"])
+        StoreLocation.__init__(self, state["uri"], state["env"])
 
     @cached_property
     def fs(self) -> fsspec.AbstractFileSystem:

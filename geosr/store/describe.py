@@ -36,7 +36,8 @@ def describe_store(uri: str, env: StorageEnv) -> dict[str, Any]:
     with storage_errors(loc.uri, "read"), warnings.catch_warnings():
         warnings.simplefilter("ignore", category=UserWarning)
         root = zarr.open_group(loc.zarr_store(read_only=True), mode="r", zarr_format=spec.zarr_format)
-        record = dict(root.attrs.get(ATTR) or {})
+        found: Any = root.attrs.get(ATTR)
+        record = dict(found or {})
     levels = plan_levels(spec)
     stac_uri = stac_item_uri(loc.uri)
     nd = nodata(spec.dtype)

@@ -31,8 +31,8 @@ from ..io.storage import StorageEnv
 from ..scratch import buffer
 from .backend import StoreLocation, storage_errors
 from .encode import encode, nodata, valid_mask
-from .ledger import Ledger
 from .layout import create_hierarchy
+from .ledger import Ledger
 from .overviews import Level, block_pyramid, build_tail, plan_levels
 from .provenance import ATTR, finalized_record, jsonable, store_record, utcnow
 from .readers import warn_if_gdal_cannot_read
@@ -253,7 +253,8 @@ class ZarrOutput:
                 warnings.simplefilter("ignore", category=UserWarning)
                 root = zarr.open_group(self._loc.zarr_store(), mode="r+", zarr_format=self.spec.zarr_format,
                                        use_consolidated=False)
-                record = dict(root.attrs.get(ATTR) or store_record(self.spec, self.plan_hash, self.created, self.levels))
+                found: Any = root.attrs.get(ATTR)
+                record = dict(found or store_record(self.spec, self.plan_hash, self.created, self.levels))
                 root.update_attributes({ATTR: finalized_record(record, provenance, finished)})
             _consolidate(self._loc, self.spec.zarr_format)
             self._ledger.write_complete({"plan_hash": self.plan_hash, "finalized": finished,
@@ -294,7 +295,7 @@ def _consolidate(loc: StoreLocation, zarr_format: int) -> None:
     with warnings.catch_warnings():
         # zarr-python notes that v3 consolidated metadata is not in the v3 spec yet; xarray reads it.
         warnings.simplefilter("ignore", category=UserWarning)
-        zarr.consolidate_metadata(loc.zarr_store(), zarr_format=zarr_format)
+        zarr.consolidate_metadata(loc.zarr_store(), zarr_format=zarr_format)  # type: ignore[arg-type]
 
 
 def _clear_location(loc: StoreLocation, overwrite: bool) -> None:

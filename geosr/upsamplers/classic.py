@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 
 from .. import __version__
-from ..grid import mirror_indices
 from ..errors import ConfigError
+from ..grid import mirror_indices
 from .base import TileBatch, check_output, resolve_device
 
 KINDS = ("nearest", "bilinear", "bicubic", "lanczos")
@@ -233,13 +233,13 @@ class ClassicUpsampler:
 
         with torch.inference_mode():
             for i in range(b):
-                x = torch.from_numpy(np.ascontiguousarray(batch.pixels[i], dtype=np.float32)).to(self.device)
+                t: Any = torch.from_numpy(np.ascontiguousarray(batch.pixels[i], dtype=np.float32)).to(self.device)
                 if self.kind == "nearest":
-                    y = x.repeat_interleave(s, dim=1).repeat_interleave(s, dim=2)
+                    y = t.repeat_interleave(s, dim=1).repeat_interleave(s, dim=2)
                 else:
-                    cols = torch.empty((c, h, w * s), dtype=torch.float32, device=x.device)
-                    self._resample_axis_torch(x, -1, cols, torch)
-                    y = torch.empty((c, h * s, w * s), dtype=torch.float32, device=x.device)
+                    cols = torch.empty((c, h, w * s), dtype=torch.float32, device=t.device)
+                    self._resample_axis_torch(t, -1, cols, torch)
+                    y = torch.empty((c, h * s, w * s), dtype=torch.float32, device=t.device)
                     self._resample_axis_torch(cols, -2, y, torch)
                 out[i] = y.cpu().numpy()
         return check_output(batch, out, s)

@@ -11,7 +11,6 @@ build arguments (CUDA build for the GPU worker, CPU build for the flow runner / 
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 import tomllib
 from importlib import metadata

@@ -1,4 +1,4 @@
-"""``geosr preview INPUT STORE PNG``: side-by-side quicklook of input and output."""
+"""``geosr quicklook INPUT STORE PNG`` (also ``geosr preview``): the side-by-side quicklook of input and output."""
 
 from __future__ import annotations
 
@@ -8,20 +8,21 @@ from ..config import load_config, parse_override
 
 
 def register(sub) -> None:
-    p = sub.add_parser("preview", help="write a PNG with input and output side by side")
+    p = sub.add_parser("quicklook", aliases=["preview"], help="write the quicklook: a PNG with input and output "
+                       "side by side")
     p.add_argument("input", help="the GeoTIFF the store was made from")
     p.add_argument("store", help="the Zarr store")
     p.add_argument("png", help="PNG to write")
     p.add_argument("--config", help="the run's YAML config (bands, scale, variable)")
     p.add_argument("--crop", type=int, default=256, help="low-res window size, centred (default 256)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    p.set_defaults(func=_preview)
+    p.set_defaults(func=_quicklook)
 
 
-def _preview(args: argparse.Namespace) -> int:
+def _quicklook(args: argparse.Namespace) -> int:
     from ..config import RunConfig
     from ..io.storage import StorageEnv
-    from ..preview import make_preview, run_parameters
+    from ..quicklook import make_quicklook, run_parameters
 
     overrides = dict(parse_override(s) for s in args.set)
     cfg = load_config(args.config, overrides)
@@ -30,6 +31,6 @@ def _preview(args: argparse.Namespace) -> int:
         params = run_parameters(args.store, env)
         if params:  # the store remembers how it was made: same bands, scale and variable
             cfg = RunConfig.model_validate({**params, "storage": cfg.storage.model_dump()})
-    make_preview(args.input, args.store, args.png, cfg, env, crop=args.crop)
+    make_quicklook(args.input, args.store, args.png, cfg, env, crop=args.crop)
     print(args.png)
     return 0

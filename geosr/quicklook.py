@@ -3,6 +3,8 @@ percentile stretch computed on the input and applied to both so they compare hon
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from .config import RunConfig
@@ -62,11 +64,11 @@ def run_parameters(store_uri: str, env: StorageEnv) -> dict | None:
 
     loc = StoreLocation(store_uri, env)
     root = zarr.open_group(loc.zarr_store(read_only=True), mode="r")
-    record = root.attrs.get(ATTR) or {}
+    record: Any = root.attrs.get(ATTR) or {}
     return (record.get("provenance") or {}).get("parameters")
 
 
-def make_preview(input_uri: str, store_uri: str, png_path: str, cfg: RunConfig, env: StorageEnv,
+def make_quicklook(input_uri: str, store_uri: str, png_path: str, cfg: RunConfig, env: StorageEnv,
                  crop: int = 256, percentiles: tuple[float, float] = (2.0, 98.0)) -> str:
     """Write ``png_path``: left the input window (``crop`` low-res px, centred), right the output there."""
     from PIL import Image
