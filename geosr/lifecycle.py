@@ -175,12 +175,23 @@ def refuse_if_other(st: StoreStatus, plan: ScenePlan, *, with_model: bool) -> No
 def prepare_output(plan: ScenePlan, env: StorageEnv, overwrite: bool) -> tuple[ZarrOutput | None, str]:
     """Decide skip / resume / create for the output. Returns (output or None when skipped, state)."""
     st = store_status(plan.output_uri, env)
+    replace = overwrite
     if st.state != "absent" and not overwrite:
-        refuse_if_other(st, plan, with_model=True)
-        if st.state == "complete":
-            return None, "skipped"
-        return ZarrOutput.open(plan.output_uri, env, plan.plan_hash), "resumed"
-    out = ZarrOutput.create(plan.output_uri, plan.output_spec(), env, plan.plan_hash, overwrite=overwrite,
+        try:
+            refuse_if_other(st, plan, with_model=True)
+        except OutputExistsError:
+            if st.state == "complete" or st.done:
+                raise
+            # an unfinished store without a single block (e.g. its run stopped at a corrupt input that was then
+            # replaced) holds nothing to lose: make it again for this plan
+            log.warning("replacing %s: it holds no finished block and was made for other inputs or parameters",
+                        plan.output_uri)
+            replace = True
+        else:
+            if st.state == "complete":
+                return None, "skipped"
+            return ZarrOutput.open(plan.output_uri, env, plan.plan_hash), "resumed"
+    out = ZarrOutput.create(plan.output_uri, plan.output_spec(), env, plan.plan_hash, overwrite=replace,
                             made_from=plan.record())
     return out, "written"
 

@@ -14,6 +14,7 @@ from prefect.cache_policies import NO_CACHE
 from geosr.config import RunConfig, StorageConfig
 from geosr.flows.scene import scene_task
 from geosr.io.storage import StorageEnv
+from geosr.orchestration.backfill import BackfillOutcome
 from geosr.orchestration.cluster import cluster_address
 from geosr.orchestration.discovery import discover, pending
 from geosr.orchestration.fan_out import SceneCall, fan_out, finish
@@ -27,7 +28,8 @@ def find_new_scenes(query: SceneQuery, output_prefix: str, storage: StorageConfi
     env = StorageEnv(storage)
     todo = pending(discover(query, env), output_prefix, env, overwrite=overwrite)
     return [{"scene_id": s.ref.scene_id, "input_uri": s.ref.input_uri, "output_uri": s.output_uri,
-             "collection": s.ref.collection, "acquired": s.ref.datetime, "state": s.state} for s in todo]
+             "collection": s.ref.collection, "acquired": s.ref.datetime, "state": s.state, "error": s.error}
+            for s in todo]
 
 
 @flow(name="process-new-scenes")
@@ -46,11 +48,16 @@ def process_new_scenes(source: str, output_prefix: str, glob: str = "*.tif", sou
     logger.info("%d scene(s) of %s to process", len(todo), source)
     if not todo:
         return {"done": 0, "skipped": 0, "failed": 0, "scenes": []}
+    outcome = BackfillOutcome()
+    for s in todo:
+        if s["state"] == "error":  # e.g. two scenes whose names map to one output: neither runs
+            outcome.add_failure(s["scene_id"], s["output_uri"], s["error"] or "unknown error")
+    runnable = [s for s in todo if s["state"] != "error"]
     with cluster_address(settings.cluster_spec()) as address:
         calls = [SceneCall(s["scene_id"], s["output_uri"], {
             "input_uri": s["input_uri"], "output_uri": s["output_uri"], "config": cfg, "settings": settings,
             "dask_address": address, "overwrite": overwrite, "scene_id": s["scene_id"],
-            "collection": s["collection"], "acquired": s["acquired"]}) for s in todo]
-        outcome = fan_out(scene_task, calls, settings.max_concurrent_scenes)
+            "collection": s["collection"], "acquired": s["acquired"]}) for s in runnable]
+        outcome = fan_out(scene_task, calls, settings.max_concurrent_scenes, outcome) if calls else outcome
     publish_backfill(outcome, None, key="geosr-new-scenes", title=f"geosr new scenes of {source}")
     return finish({**outcome.counts(), "scenes": outcome.done + outcome.skipped + outcome.failed}, outcome)

@@ -18,6 +18,7 @@ import logging
 import math
 import operator
 import os
+import stat
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -247,6 +248,10 @@ def _locate(uri: str, env: StorageEnv) -> _Located:
     if path.is_dir():
         raise NotARasterError(f"{uri} is a directory, not a raster file; give the path of the GeoTIFF inside it")
     st = path.stat()
+    if not stat.S_ISREG(st.st_mode):
+        kind = "a FIFO" if stat.S_ISFIFO(st.st_mode) else "a device" if stat.S_ISCHR(st.st_mode) or \
+            stat.S_ISBLK(st.st_mode) else "a socket" if stat.S_ISSOCK(st.st_mode) else "not a regular file"
+        raise NotARasterError(f"{uri} is {kind}, not a raster file; give the path of a GeoTIFF (a regular file)")
     return _Located(gdal_path=str(path), size=st.st_size, checksum=local_checksum(path))
 
 

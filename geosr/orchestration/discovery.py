@@ -137,7 +137,27 @@ def scene_states(refs: list[SceneRef], output_prefix: str, env: StorageEnv, *,
     if not refs:
         return []
     with ThreadPoolExecutor(max_workers=max(1, min(threads, len(refs)))) as pool:
-        return list(pool.map(one, refs))
+        states = list(pool.map(one, refs))
+    return refuse_shared_outputs(states)
+
+
+def refuse_shared_outputs(states: list[SceneState]) -> list[SceneState]:
+    """Scenes whose outputs collide (names that differ only in characters a store name cannot hold, e.g.
+    ``scene a.tif`` and ``scene-a.tif``, both ``scene-a.zarr``) become errors naming each other: one output
+    per scene, never one silently kept for two."""
+    by_output: dict[str, list[SceneState]] = {}
+    for st in states:
+        by_output.setdefault(st.output_uri, []).append(st)
+    out = []
+    for st in states:
+        shared = by_output[st.output_uri]
+        if len(shared) > 1:
+            others = ", ".join(repr(o.ref.input_uri) for o in shared if o is not st)
+            st = SceneState(st.ref, st.output_uri, "error", error=(
+                f"{st.ref.input_uri} and {others} would both be written to {st.output_uri}; rename the inputs so "
+                "their names differ in letters, digits, '.', '_' or '-', or run them one by one with an output URI"))
+        out.append(st)
+    return out
 
 
 def pending(refs: list[SceneRef], output_prefix: str, env: StorageEnv, *, overwrite: bool = False,

@@ -99,6 +99,24 @@ def storage_errors(uri: str, action: str) -> Iterator[None]:
         raise mapped from exc
 
 
+def check_store_uri(uri: str) -> None:
+    """Refuse, in one line, a store URI that names no object key (``s3://bucket``) or whose key has ``.``/``..``
+    segments (object storage takes them literally; nothing resolves them as a path would)."""
+    if not is_remote(uri):
+        if not uri.strip():
+            raise OutputError("the output path is empty; give a path such as out/scene.zarr")
+        return
+    scheme, rest = uri.split("://", 1)
+    bucket, _, key = rest.partition("/")
+    if not bucket:
+        raise OutputError(f"{uri} has no bucket; write it as {scheme}://BUCKET/KEY.zarr")
+    if not key.strip("/"):
+        raise OutputError(f"{uri} names a bucket, not a store; add a key: {scheme}://{bucket}/KEY.zarr")
+    if any(part in (".", "..", "") for part in key.split("/")):
+        raise OutputError(f"{uri}: the key {key!r} has empty, '.' or '..' segments, which object storage does not "
+                          f"resolve; write the key plainly, e.g. {scheme}://{bucket}/outputs/scene.zarr")
+
+
 def _stem(path: str) -> str:
     name = str(path).rsplit("/", 1)[-1]
     return name[: -len(".json")] if name.endswith(".json") else name
@@ -113,6 +131,7 @@ class StoreLocation:
 
     def __init__(self, uri: str, env: StorageEnv) -> None:
         self.uri = str(uri).rstrip("/")
+        check_store_uri(self.uri)
         self.env = env
         self.remote = is_remote(self.uri)
         root = strip_protocol(self.uri)
