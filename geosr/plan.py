@@ -60,8 +60,9 @@ class ScenePlan:
         }
 
     def parameters(self) -> dict[str, Any]:
-        """Every run parameter but the storage endpoint (provenance; named when a rerun differs)."""
-        return self.config.model_dump(mode="json", exclude={"storage"})
+        """Every parameter of the product (provenance; named when a rerun differs): not the storage endpoint and
+        not the run's limits."""
+        return self.config.model_dump(mode="json", exclude={"storage": True, "output": {"max_size_gb"}})
 
     def record(self) -> dict[str, Any]:
         """:meth:`made_from` plus the input's URI and the parameters, as the store keeps it (``plan.json``)."""

@@ -91,11 +91,29 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         shutil.rmtree(_session_tmp, ignore_errors=True)
 
 
+# Tiers (scripts/test.sh): the fast default tier runs what needs no server and takes seconds; ``--full`` (CI) runs
+# everything. ``servers``: the test starts or uses SeaweedFS, a Prefect server or a Dask cluster (marked here
+# from the fixtures and modules that start them); ``heavy``: no server, but minutes of CPU (model training,
+# CLI processes killed and rerun).
+SERVER_FIXTURES = {"s3_server", "s3_bucket", "s3", "client", "address", "prefect_api", "stack"}
+SERVER_MODULES = {"test_faults_flows", "test_flows_prefect", "test_orchestration_dask", "test_infra_stack",
+                  "test_faults_s3", "test_store_s3"}
+HEAVY_MODULES = {"test_model_mean", "test_faults_cli", "test_faults_secrets", "test_faults_disk",
+                 "test_diffusion_ldsr", "test_diffusion_train", "test_diffusion_eval", "test_e2e_readers",
+                 "test_uncertainty"}
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     skip_slow = None if config.getoption("--runslow") else pytest.mark.skip(reason="slow: pass --runslow to run it")
     for item in items:
-        if {"s3_server", "s3_bucket"} & set(getattr(item, "fixturenames", ())):
+        fixtures = set(getattr(item, "fixturenames", ()))
+        module = item.module.__name__.rsplit(".", 1)[-1] if getattr(item, "module", None) else ""
+        if {"s3_server", "s3_bucket"} & fixtures:
             item.add_marker(pytest.mark.s3)
+        if SERVER_FIXTURES & fixtures or module in SERVER_MODULES or "[s3" in item.nodeid:
+            item.add_marker(pytest.mark.servers)
+        elif module in HEAVY_MODULES:
+            item.add_marker(pytest.mark.heavy)
         if skip_slow is not None and "slow" in item.keywords:
             item.add_marker(skip_slow)
 

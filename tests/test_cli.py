@@ -145,6 +145,7 @@ def test_entry_point_exit_code_and_no_traceback(tmp_path):
     assert r.returncode == 2 and "Traceback" not in r.stderr and "does not exist" in r.stderr
 
 
+@pytest.mark.heavy
 def test_default_model_is_the_bundled_diffusion_model(tmp_path, capsys):
     """No --model: the bundled latent-diffusion model (x4, red/green/blue/nir); a scene it can't take is a
     one-line error that says what to do."""

@@ -255,14 +255,17 @@ def leftovers(root: Path) -> list[str]:
     return sorted(set(found))
 
 
+@pytest.mark.servers
 def test_a_finished_run_under_the_scene_lease_leaves_no_lock_or_lease_files(scene, tmp_path):
+    from geosr.io.storage import StorageEnv
     from geosr.orchestration.cluster import ClusterSpec, dask_client
-    from geosr.orchestration.jobs import LeaseOptions, SceneJob, run_scene_job
+    from geosr.orchestration.dask_executor import DaskExecutor
+    from geosr.store.lease import LeaseOptions
 
     out = tmp_path / "out" / "scene.zarr"
     with dask_client(ClusterSpec(processes=False, cpu_workers=1, cpu_threads=1, gpu_workers=1)) as client:
-        run = run_scene_job(SceneJob(str(scene), str(out), load_config(None, CFG)), client,
-                            lease=LeaseOptions(ttl=30, wait=60, poll=0.2))
+        run = run_scene(str(scene), str(out), load_config(None, CFG), DaskExecutor(client, StorageEnv()),
+                        lease=LeaseOptions(ttl=30, wait=60, poll=0.2))
     assert run.state == "written" and (out / ".geosr" / "complete.json").exists()
     assert sorted(os.listdir(out.parent)) == ["scene.stac-item.json", "scene.zarr"], leftovers(out.parent)
     assert leftovers(out.parent) == []

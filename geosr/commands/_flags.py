@@ -13,10 +13,11 @@ import argparse
 import types
 from typing import Any, Iterator, Literal, Union, get_args, get_origin
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
 
-from ..config import RunConfig, _ModelBase, load_config, parse_override
+from ..config import RunConfig, _ModelBase, format_errors, load_config, parse_override
+from ..errors import ConfigError
 
 
 def _extra(info: FieldInfo) -> dict[str, Any]:
@@ -114,5 +115,8 @@ def model_from_args(model: type[BaseModel], args: argparse.Namespace, **more: An
     """``model`` from its flags (unset flags keep the model's defaults) plus ``more``."""
     prefix = f"{model.__name__}:"
     given = {k[len(prefix):]: v for k, v in vars(args).items() if k.startswith(prefix) and v is not None}
-    return model(**{**given, **more})
+    try:
+        return model(**{**given, **more})
+    except ValidationError as e:
+        raise ConfigError(format_errors(e, "options")) from None
 

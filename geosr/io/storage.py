@@ -31,15 +31,23 @@ BOTOCORE_RETRIES = {"max_attempts": 3, "mode": "standard"}
 """Layer 1 of the retries (:mod:`geosr.retry`): each S3 request, 3 attempts in botocore's standard mode."""
 
 
+def no_s3fs_retries(fs: Any) -> Any:
+    """``fs`` without s3fs's own retry loop (its ``retries`` is a class attribute, 5): botocore retries each request,
+    geosr each operation (:mod:`geosr.retry`), and a third loop in between would only multiply the waits."""
+    fs.retries = 1
+    return fs
+
+
 @dataclass(frozen=True)
 class StorageEnv:
     config: StorageConfig = StorageConfig()
 
     def s3_kwargs(self) -> dict[str, Any]:
         """s3fs options. Retries (``docs/architecture.md``, Retries): botocore retries each request
-        (:data:`BOTOCORE_RETRIES`); s3fs does not add its own loop on top; geosr retries whole operations."""
+        (:data:`BOTOCORE_RETRIES`); s3fs adds no loop of its own (:func:`no_s3fs_retries`); geosr retries whole
+        operations."""
         c = self.config
-        kw: dict[str, Any] = {"anon": c.anon, "retries": 1, "config_kwargs": {"retries": dict(BOTOCORE_RETRIES)}}
+        kw: dict[str, Any] = {"anon": c.anon, "config_kwargs": {"retries": dict(BOTOCORE_RETRIES)}}
         client: dict[str, Any] = {}
         if c.endpoint_url:
             kw["endpoint_url"] = c.endpoint_url
@@ -55,7 +63,7 @@ class StorageEnv:
         """The fsspec filesystem that serves ``uri`` (s3:// or a local path)."""
         scheme = urlparse(str(uri)).scheme if is_remote(uri) else "file"
         if scheme in ("s3", "s3a"):
-            return fsspec.filesystem("s3", **self.s3_kwargs())
+            return no_s3fs_retries(fsspec.filesystem("s3", **self.s3_kwargs()))
         if scheme == "file":
             return fsspec.filesystem("file", auto_mkdir=True)
         return fsspec.filesystem(scheme)

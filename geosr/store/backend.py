@@ -20,7 +20,7 @@ import fsspec
 
 from ..errors import BucketNotFoundError, GeosrError, OutputError, StorageAuthError
 from ..io.failures import Failure, failure_kind, s3_code
-from ..io.storage import StorageEnv, is_remote, strip_protocol
+from ..io.storage import StorageEnv, is_remote, no_s3fs_retries, strip_protocol
 from ..jsonio import dumps
 
 log = logging.getLogger(__name__)
@@ -162,7 +162,7 @@ class StoreLocation:
             # zarr needs an asynchronous instance; without a listings cache, so that it never sees a
             # stale listing of objects another worker (or an overwrite) added or deleted
             opts = {**fs.storage_options, "asynchronous": True, "use_listings_cache": False}
-            fs = type(fs)(**opts)
+            fs = no_s3fs_retries(type(fs)(**opts))
         if not getattr(fs, "async_impl", False):
             from fsspec.implementations.asyn_wrapper import AsyncFileSystemWrapper
 
