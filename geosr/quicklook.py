@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from .config import RunConfig
+from .errors import OutputError
 from .io.source import open_source
 from .io.storage import StorageEnv
 
@@ -63,6 +64,7 @@ def run_parameters(store_uri: str, env: StorageEnv) -> dict | None:
     from .store.provenance import ATTR
 
     loc = StoreLocation(store_uri, env)
+    require_store(loc)
     root = zarr.open_group(loc.zarr_store(read_only=True), mode="r")
     record: Any = root.attrs.get(ATTR) or {}
     return (record.get("provenance") or {}).get("parameters")
@@ -73,6 +75,9 @@ def make_quicklook(input_uri: str, store_uri: str, png_path: str, cfg: RunConfig
     """Write ``png_path``: left the input window (``crop`` low-res px, centred), right the output there."""
     from PIL import Image
 
+    from .store.backend import StoreLocation, storage_errors
+
+    require_store(StoreLocation(store_uri, env))
     src = open_source(input_uri, cfg.input, env)
     m = src.meta
     s = cfg.tiling.scale
@@ -87,5 +92,19 @@ def make_quicklook(input_uri: str, store_uri: str, png_path: str, cfg: RunConfig
     left = stretch(lr.repeat(s, axis=1).repeat(s, axis=2), lo, hi)
     right = stretch(sr, lo, hi)
     gap = np.full((left.shape[0], 8, 3), 255, np.uint8)
-    Image.fromarray(np.concatenate([left, gap, right], axis=1)).save(png_path)
+    with storage_errors(png_path, "write the quicklook"):
+        try:
+            Image.fromarray(np.concatenate([left, gap, right], axis=1)).save(png_path)
+        except FileNotFoundError:
+            raise OutputError(f"cannot write the quicklook {png_path}: its folder does not exist; create it or "
+                              "choose another path") from None
     return png_path
+
+
+def require_store(loc: Any) -> None:
+    """Raise a one-line :class:`OutputError` unless a geosr store is at ``loc``."""
+    from .store.ledger import Ledger
+
+    if Ledger(loc).read_plan() is None:
+        raise OutputError(f"{loc.uri} is not a geosr output store (no .geosr/plan.json); check the path, or create "
+                          "it with geosr run")

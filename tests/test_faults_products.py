@@ -169,7 +169,9 @@ def test_the_size_estimate_is_printed_before_the_work(scene, tmp_path, capsys):
     (["--set", "tiling.tile="], "has no value"),
     (["--device", "banana"], "model.device"),
     (["--endpoint-url", "http://user:pass@127.0.0.1:9"], "credentials"),
-], ids=["unclosed", "tab", "python-tag", "empty", "device", "endpoint-credentials"])
+    (["--endpoint-url", "ftp://x"], "expected http://host:port"),
+    (["--quicklook", "/nonexistent/dir/q.png"], "folder does not exist"),
+], ids=["unclosed", "tab", "python-tag", "empty", "device", "endpoint-credentials", "endpoint-ftp", "quicklook-dir"])
 def test_malformed_values_are_one_line_errors(scene, tmp_path, capsys, extra, words):
     line = _one_line(capsys, ["run", scene, str(tmp_path / "o.zarr"), *FLAGS, *extra])
     assert words in line, line
@@ -252,3 +254,16 @@ def test_taking_over_the_lease_of_a_dead_local_process_says_so(tmp_path, caplog)
     text = caplog.text
     assert "is gone" in text and "expired" not in text, text
 
+
+
+# -- found by the hunt (docs/faults.md): more tracebacks instead of one line ----------------------------------------
+@pytest.mark.parametrize("flag", [["--prefetch", "-1"], ["--lease-ttl", "-1"], ["--max-concurrent-scenes", "0"]],
+                         ids=["prefetch", "lease-ttl", "concurrency"])
+def test_invalid_flow_settings_are_one_line_before_any_flow_starts(scene, tmp_path, capsys, flag):
+    line = _one_line(capsys, ["flows", "run-scene", scene, str(tmp_path / "o.zarr"), *flag])
+    assert "invalid options" in line and flag[0].lstrip("-").replace("-", "_")[:6] in line, line
+
+
+def test_a_quicklook_of_a_missing_store_is_one_line(scene, tmp_path, capsys):
+    line = _one_line(capsys, ["quicklook", scene, str(tmp_path / "none.zarr"), str(tmp_path / "q.png")])
+    assert "not a geosr output store" in line, line
