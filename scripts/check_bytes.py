@@ -59,8 +59,8 @@ def run(pythonpath: str | None, args: list[str], workdir: Path) -> Path:
         env["PYTHONPATH"] = pythonpath
     else:
         env.pop("PYTHONPATH", None)
-    out = workdir / "out.zarr"
-    cmd = [sys.executable, "-m", "geosr", "run", *args[:1], str(out), *args[1:], "--device", "cpu", "--no-progress",
+    out = workdir / "out.zarr"  # given relative to the run's folder: the STAC item's href is the same for both
+    cmd = [sys.executable, "-m", "geosr", "run", *args[:1], "out.zarr", *args[1:], "--device", "cpu", "--no-progress",
            "--workers", "1"]
     r = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True)
     if r.returncode != 0:

@@ -1,8 +1,8 @@
 """The S3 server restarted in the middle of a run, on a SeaweedFS of this test alone (the session's server
-is never disturbed): ``geosr run`` writing to S3 either rides out the outage (storage retries) or stops
-with one clear error line; either way the (re)run leaves a store identical, object by object, to a clean
-run, and no lease beside it. A longer outage than the retries cover must give the error, then a clean
-resume."""
+is never disturbed): ``geosr run`` writing to S3 rides out the outage (storage retries, about a minute per
+operation) and leaves a store identical, object by object, to a clean run, and no lease beside it. (Were an
+outage to outlast the retries, the run would stop with one clear error line and resume cleanly: checked before
+the strict assertion.)"""
 
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ def _s3_markers(client, bucket: str) -> int:
     return client.list_objects_v2(Bucket=bucket, Prefix=f"{KEY}/.geosr/blocks/").get("KeyCount", 0)
 
 
-@pytest.mark.parametrize("down_s", [2.0, 12.0])
+@pytest.mark.parametrize("down_s", [2.0, 4.0, 12.0])
 def test_s3_server_restarted_mid_write(down_s, s3, scene, clean_store):
     client = s3.server.client()
     client.create_bucket(Bucket="geosr")
@@ -65,8 +65,10 @@ def test_s3_server_restarted_mid_write(down_s, s3, scene, clean_store):
         again = cli(*args)
         assert again.returncode == 0, again.stderr[-3000:]
         assert again.stdout.startswith("resumed:"), again.stdout
-    elif down_s > 10:
-        pytest.fail(f"a {down_s} s outage cannot be ridden out by the retries; stdout: {stdout}")
+    if proc.returncode != 0:
+        # geosr retries every storage operation for about a minute (geosr/retry.py), on the CLI as in the flows:
+        # outages this short must be ridden out (issue 18: a ~4 s outage used to stop `geosr run`)
+        pytest.fail(f"a {down_s} s outage was not ridden out by the retries; stderr: {stderr[-2000:]}")
     assert_identical(s3_output_files(client, "geosr", KEY), output_files(clean_store))
     keys = [o["Key"] for o in client.list_objects_v2(Bucket="geosr").get("Contents", [])]
     assert not [k for k in keys if "lease" in k or ".tmp-" in k], keys
