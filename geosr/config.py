@@ -3,7 +3,7 @@ geosr: pydantic models, validated at load.
 
 ``load_config(path, overrides)`` is the one entry point; every error it raises is a
 :class:`~geosr.errors.ConfigError` naming the bad field and what it accepts. ``model`` is a union keyed on the
-model's name: the classic kernels take no params, ``ldm`` takes :class:`geosr.diffusion.params.LdmParams`, a
+model's name: the classic kernels take no params, ``ldm`` takes :class:`geosr.model_params.LdmParams`, a
 plugin model any mapping (its factory checks it). Fields with ``json_schema_extra={"flag": ...}`` get a
 dedicated CLI flag (:mod:`geosr.commands._flags`); every field can be set with ``--set section.key=value``.
 The packaged configurations (``geosr/configs/*.yaml``) are found by name: ``--config sentinel2-l2a``.
@@ -30,8 +30,8 @@ from pydantic import (
     model_validator,
 )
 
-from .diffusion.params import LdmParams
 from .errors import ConfigError
+from .model_params import ClassicParams, LdmParams
 
 CLASSIC = ("nearest", "bilinear", "bicubic", "lanczos")
 
@@ -149,10 +149,6 @@ class _ModelBase(_Frozen):
         """``params`` as the registry factory's keywords (unset options left out)."""
         params: Any = getattr(self, "params")
         return dict(params.model_dump(mode="json")) if isinstance(params, BaseModel) else dict(params)
-
-
-class ClassicParams(_Frozen):
-    """The classic kernels take no parameters."""
 
 
 class ClassicModel(_ModelBase):

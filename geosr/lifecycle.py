@@ -21,16 +21,15 @@ import time
 from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Callable, ContextManager, Protocol
+from typing import Any, Callable, ContextManager
 
 from . import __version__
 from .config import RunConfig
 from .errors import ConfigError, OutputError, OutputExistsError
-from .grid import Block
+from .executor import Executor
 from .io.source import open_source
 from .io.storage import StorageEnv
 from .plan import ScenePlan
-from .rasters import RasterSource
 from .retry import STORAGE, RetryPolicy, call_with_retry
 from .stats import scene_metrics
 from .store import StoreStatus, ZarrOutput, store_status
@@ -40,28 +39,6 @@ from .upsamplers.recipe import ModelRecipe
 log = logging.getLogger(__name__)
 
 ProgressFn = Callable[[int, int], None]
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    """What the lifecycle learns from loading the model where the blocks run."""
-
-    description: dict[str, Any]  # ``describe()``: part of the plan hash and the provenance
-    window_path: bool = False  # the model upsamples whole windows (the read step need not cut tiles)
-
-
-class Executor(Protocol):
-    """Where a scene's blocks run."""
-
-    def load_model(self, recipe: ModelRecipe, samples: int) -> ModelInfo:
-        """Build (or find) the model where the blocks run; refuse ``samples`` when it cannot draw them."""
-        ...
-
-    def run_blocks(self, plan: ScenePlan, source: RasterSource, output: ZarrOutput, todo: list[Block],
-                   on_block: Callable[[dict[str, Any]], None], policy: RetryPolicy) -> None:
-        """Read, super-resolve, write and mark done every block of ``todo`` (the per-block steps of
-        :mod:`geosr.tiles` and :mod:`geosr.block_step`); call ``on_block(stats)`` as each one is done."""
-        ...
 
 
 @dataclass(frozen=True)

@@ -13,8 +13,8 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any, Callable
 
 from .block_step import model_step
+from .executor import ModelInfo
 from .grid import Block
-from .lifecycle import ModelInfo
 from .plan import ScenePlan
 from .rasters import RasterSink, RasterSource
 from .retry import RetryPolicy

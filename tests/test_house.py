@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from geosr.config import LdmModel, RunConfig, load_config, packaged_configs
-from geosr.diffusion.params import LdmParams
+from geosr.model_params import LdmParams
 
 ROOT = Path(__file__).resolve().parents[1]
 PKG = ROOT / "geosr"
@@ -96,7 +96,7 @@ def test_ldm_params_mirror_the_sampling_options():
     options = {f.name for f in dataclasses.fields(SamplingOptions)}
     factory = {n for n in inspect.signature(build).parameters if n not in ("scale", "batch_size", "device", "bands",
                                                                           "seed", "params")}
-    assert set(LdmParams.model_fields) == options | factory, "geosr/diffusion/params.py is out of step"
+    assert set(LdmParams.model_fields) == options | factory, "geosr/model_params.py is out of step"
 
     def choices(name: str) -> set:
         ann = LdmParams.model_fields[name].annotation

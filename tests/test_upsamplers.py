@@ -52,7 +52,7 @@ def test_nearest_is_exact_repeat():
 def test_kernels_match_pillow_away_from_edges(kind, pil):
     from PIL import Image
 
-    from geosr.upsamplers.classic import resample_matrix
+    from geosr.upsamplers.kernels import resample_matrix
 
     m = resample_matrix(32, 4, kind)
     assert np.allclose(m.sum(axis=1), 1.0)

@@ -22,11 +22,11 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from ..block_step import model_step
+from ..executor import ModelInfo
 from ..grid import Block
 from ..io.storage import StorageEnv
-from ..lifecycle import ModelInfo
 from ..plan import ScenePlan
-from ..rasters import RasterSource
+from ..rasters import RasterSink, RasterSource
 from ..retry import STORAGE, RetryPolicy, call_with_retry
 from ..store import ZarrOutput
 from ..tiles import ReadResult, read_step
@@ -116,8 +116,10 @@ class DaskExecutor:
                                                  key=f"geosr-describe-{uuid.uuid4().hex[:12]}").result()
         return ModelInfo(description, window)
 
-    def run_blocks(self, plan: ScenePlan, source: RasterSource, output: ZarrOutput, todo: list[Block],
+    def run_blocks(self, plan: ScenePlan, source: RasterSource, output: RasterSink, todo: list[Block],
                    on_block: Callable[[dict[str, Any]], None], policy: RetryPolicy = STORAGE) -> None:
+        """The workers open the store themselves (``plan.output_uri``, checked against ``plan.plan_hash``, once per
+        worker and run): ``output`` only says it exists."""
         from distributed import as_completed
         from distributed.scheduler import KilledWorker
 

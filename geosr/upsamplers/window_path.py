@@ -4,7 +4,7 @@ blend tiles only where tiles disagree.
 The tiled path computes every tile touching a block (about 1.6x the block's pixels with the default
 tiling) and blends them: ``ref + sum_k w_k * (tile_k - ref)``. For a classic kernel on CPU, an output
 sample is the same bits in any window whose input samples around it are the same
-(:func:`geosr.upsamplers.classic.upsample_window`), so a tile's sample equals the whole window's sample
+(:func:`geosr.upsamplers.kernels.upsample_window`), so a tile's sample equals the whole window's sample
 wherever the tile reads no mirrored pixel of its own -- everywhere but within the kernel's margin of a tile
 edge that is not a scene edge. Where every tile covering a pixel agrees with the window, the tiled blend
 gives ``ref + 0.0`` exactly (the differences are exact zeros), i.e. the window's sample plus 0.0. That set
@@ -25,7 +25,7 @@ import numpy as np
 
 from ..blend import BlockBlender
 from ..grid import Block, TileGrid, mirror_indices
-from .classic import margins, pad_width, upsample_window
+from .kernels import margins, pad_width, upsample_window
 
 BAND_ROWS = 8  # low-res rows per pass of the window upsampling: about 2 MB in flight, in cache
 

@@ -1,5 +1,6 @@
-"""``LdmParams``: the ``model.params`` of ``model.name: ldm``, validated when the configuration is loaded (a typo
-fails there, not on a GPU worker).
+"""The ``model.params`` of each built-in model, validated when the configuration is loaded (a typo fails there, not
+on a GPU worker): :class:`ClassicParams` (none) and :class:`LdmParams` (``model.name: ldm``). The union keyed on
+the model's name is :data:`geosr.config.ModelConfig`.
 
 The fields mirror :class:`geosr.diffusion.pipeline.SamplingOptions` plus ``weights``, ``channels_last`` and
 ``compile`` (the keywords of :func:`geosr.diffusion.upsampler.build`); ``tests/test_config.py`` checks that
@@ -14,6 +15,12 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_serializer
+
+
+class ClassicParams(BaseModel):
+    """The classic kernels take no parameters."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
 
 class LdmParams(BaseModel):
