@@ -50,7 +50,7 @@ class LatentDiffusionUpsampler:
                               f"set tiling.scale: {spec.scale}")
         self.name = NAME
         self.scale = spec.scale
-        self.bands = spec.bands
+        self.bands = spec.bands or None  # None: any band count (band-shared model)
         self.batch_size = int(batch_size)
         self.device = device
         self.options = options
@@ -73,7 +73,7 @@ class LatentDiffusionUpsampler:
 
     def _run(self, batch: TileBatch, sample: int, options: SamplingOptions | None = None) -> np.ndarray:
         opts = options or self.options
-        if batch.pixels.shape[1] != self.bands:
+        if self.bands is not None and batch.pixels.shape[1] != self.bands:
             raise ConfigError(f"the model takes {self.bands} bands; the input has {batch.pixels.shape[1]}: "
                               "select bands with input.bands")
         dev = torch.device(self.device)
@@ -116,7 +116,7 @@ class LatentDiffusionUpsampler:
         if n < 1:
             raise ConfigError(f"n={n}: need at least one sample")
         opts = SamplingOptions(**{**asdict(self.options), "eta": self.options.eta or 1.0, "diffusion": True})
-        acc = np.zeros((len(batch), self.bands, batch.pixels.shape[2] * self.scale,
+        acc = np.zeros((len(batch), batch.pixels.shape[1], batch.pixels.shape[2] * self.scale,
                         batch.pixels.shape[3] * self.scale), dtype=np.float64)
         acc2 = np.zeros_like(acc)
         for k in range(n):
@@ -142,7 +142,7 @@ def build(*, scale: int, batch_size: int = 16, device: str = "auto", bands: int 
     dev = resolve_device(device)
     path = Path(weights) if weights else bundled_dir()
     model = load_model(path, dev)
-    if bands is not None and bands != model.spec.bands:
+    if bands is not None and model.spec.bands and bands != model.spec.bands:
         raise ConfigError(f"the input has {bands} bands but the model at {path} takes {model.spec.bands} "
                           f"({','.join(model.spec.band_names)}): select them with --bands (input.bands), "
                           "or use --model bicubic / lanczos for any band count")
