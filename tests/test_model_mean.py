@@ -464,3 +464,23 @@ def test_bundle_script_copies_a_run_with_its_heldout_summary(tmp_path):
     assert cfg["trained"]["heldout_eval"]["psnr_gain_db"] == {"ldm": {"a": 0.25}}
     assert load_model(tmp_path / "b").mean is not None
     assert bundle.main([str(tmp_path / "nothing"), str(tmp_path / "e.json"), "--dest", str(tmp_path / "c")]) == 2
+
+
+def test_mean_only_sampling_loads_no_denoiser_until_samples_are_asked_for(tmp_path):
+    """``diffusion: false`` (the band-shared default) builds no denoiser (no diffusers import, less memory); a
+    call that needs it (uncertainty samples, or diffusion switched on) loads it from the same directory."""
+    from geosr.upsamplers import build_upsampler
+
+    m = _shared_trained_like(2)
+    save_model(m, tmp_path / "w")
+    up = build_upsampler("ldm", scale=4, device="cpu", bands=3, params={"weights": str(tmp_path / "w"),
+                                                                          "diffusion": False})
+    assert up.model.denoiser is None and up.bands is None
+    lr = _smooth(np.random.default_rng(11), (2, 3, 12, 12))
+    batch = TileBatch(lr, np.array([[0, 0], [0, 12]], dtype=np.int64), seed=0)
+    out = up(batch)
+    assert out.shape == (2, 3, 48, 48) and up.model.denoiser is None
+    mean, std = up.sample_with_std(batch, 2)
+    assert up.model.denoiser is not None and mean.shape == std.shape == out.shape and float(std.max()) > 0
+    for k, v in m.denoiser.state_dict().items():
+        assert torch.equal(up.model.denoiser.state_dict()[k], v)

@@ -40,10 +40,10 @@ class ShuffleCode(nn.Module):
 
 
 def build_autoencoder(spec: AutoencoderSpec, bands: int) -> nn.Module:
-    from diffusers import AutoencoderKL, AutoencoderTiny
-
     if spec.kind == "shuffle":
         return ShuffleCode(spec.factor)
+    from diffusers import AutoencoderKL, AutoencoderTiny
+
     if spec.kind == "tiny":
         if len(spec.encoder_block_out_channels) != len(spec.num_encoder_blocks) or \
                 len(spec.decoder_block_out_channels) != len(spec.num_decoder_blocks):
@@ -89,7 +89,9 @@ class LatentSR(nn.Module):
     run every band through the same weights (bands folded into the batch) beside a guide of statistics over
     the bands, and the latent of C bands is C stacked one-band latents."""
 
-    def __init__(self, spec: ModelSpec) -> None:
+    def __init__(self, spec: ModelSpec, denoiser: bool = True) -> None:
+        """``denoiser=False`` leaves the denoiser out (``self.denoiser is None``): enough for the mean predictor
+        alone (``diffusion: false``), without importing diffusers."""
         super().__init__()
         self.spec = spec
         self.shared = spec.band_shared
@@ -102,12 +104,15 @@ class LatentSR(nn.Module):
                                                 m.res_scale)
         else:
             self.mean = MeanPredictor(spec.bands, spec.scale, m.features, m.blocks, m.res_scale)
+        self.denoiser = build_denoiser(spec.denoiser, *self.denoiser_shape(spec)) if denoiser else None
+
+    @staticmethod
+    def denoiser_shape(spec: ModelSpec) -> tuple[int, int]:
+        """(latent channels, condition channels) of the denoiser's input."""
         L = spec.autoencoder.latent_channels
-        if self.shared:  # per band: its LR, its noise level, the guide and its encoded mean residual
-            cond_channels = 2 + GUIDE_CHANNELS + L
-        else:
-            cond_channels = spec.bands + (L if spec.mean is not None else 0)
-        self.denoiser = build_denoiser(spec.denoiser, L, cond_channels)
+        if spec.band_shared:  # per band: its LR, its noise level, the guide and its encoded mean residual
+            return L, 2 + GUIDE_CHANNELS + L
+        return L, spec.bands + (L if spec.mean is not None else 0)
 
     @property
     def latent_channels(self) -> int:
