@@ -39,6 +39,8 @@ class LdmParams(BaseModel):
     diffusion: bool | None = Field(default=None, description="false: the mean predictor's estimate alone")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] | None = None
     ensemble: Literal[1, 2, 4, 8] | None = Field(default=None, description="geometric self-ensemble of the mean")
+    noise_sigma: float | None = Field(default=None, ge=0.0, description="the input's noise std (reflectance), told "
+                                      "to band-shared models (0: clean)")
     channels_last: bool | None = Field(default=None, description="CUDA speed option")
     compile: bool | None = Field(default=None, description="CUDA speed option (torch.compile)")
 
