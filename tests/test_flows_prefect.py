@@ -178,6 +178,41 @@ def test_backfill_dry_run_then_run_with_a_failing_scene(prefect_api, address, sc
     assert (again["done"], again["skipped"], again["failed"]) == (0, 2, 0)
 
 
+def test_backfill_with_scenes_whose_outputs_collide_fails_them_both(prefect_api, address, scenes, tmp_path):
+    """Issue 18 #3: ``scene a.tif`` and ``scene-a.tif`` map to one output; the flow used to end Completed with one of
+    them silently skipped. Both are failures now, and nothing is written for them."""
+    from geosr.flows.backfill import backfill
+
+    a, b = tmp_path / "scene a.tif", tmp_path / "scene-a.tif"
+    os.symlink(scenes["S2_20240105"], a)
+    os.symlink(scenes["S2_20240110"], b)
+    prefix = str(tmp_path / "out")
+    state = backfill(output_prefix=prefix, scenes=[str(a), str(b)], config=_config(),
+                     settings=RunSettings(dask_address=address, quicklook=False), return_state=True)
+    assert state.is_failed()
+    res = state.result(raise_on_failure=False)
+    assert (res["done"], res["skipped"], res["failed"]) == (0, 0, 2)
+    assert all("would both be written to" in f["reason"] for f in res["failed_scenes"])
+    assert store_status(f"{prefix}/scene-a.zarr", StorageEnv()).state == "absent"
+
+
+def test_a_scene_flow_refuses_the_complete_output_of_another_model(prefect_api, address, scenes, s3_bucket):
+    """Issue 18 #2 through the flow, on S3: a complete output made by another model is refused, not reported done."""
+    from geosr.errors import OutputExistsError
+    from geosr.flows.scene import super_resolve_scene
+
+    src = s3_bucket.upload(scenes["S2_20240112"], "in/S2_20240112.tif")
+    out = s3_bucket.uri("geosr/S2_20240112.zarr")
+    settings = RunSettings(dask_address=address, quicklook=False)
+    first = super_resolve_scene(input_uri=src, output_uri=out, config=_config(s3_bucket.server.endpoint_url),
+                                settings=settings)
+    assert first["state"] == "written"
+    other = _config(s3_bucket.server.endpoint_url, **{"model.name": "lanczos"})
+    with pytest.raises(OutputExistsError, match="model.name='bicubic' \\(now 'lanczos'\\).*--overwrite"):
+        super_resolve_scene(input_uri=src, output_uri=out, config=other, settings=settings)
+    assert store_status(out, s3_bucket.env).state == "complete"
+
+
 def test_three_scenes_at_once_share_one_gpu_worker_through_a_limit_of_one(prefect_api, address, scenes, reference,
                                                                           tmp_path):
     from geosr.flows.backfill import backfill
