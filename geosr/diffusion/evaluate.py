@@ -215,14 +215,14 @@ class HeldoutScene:
 
 def manifest_heldout(manifest: str, band_names: tuple[str, ...], scale: int, operator: str = "average",
                      max_side: int = 0) -> list[HeldoutScene]:
-    """The corpus' held-out scenes (whole files never used in training) as (lowres, truth) pairs in the model's
-    band order. A band a scene lacks (nir of an RGB camera) is filled as in training and left out of the
-    metrics."""
+    """The corpus' held-out scenes (whole files never used in training) as (lowres, truth) pairs: for a fixed-band
+    model in its band order (a band a scene lacks, nir of an RGB camera, is filled as in training and left out
+    of the metrics); for a band-shared model (``band_names`` empty) with the scene's own bands."""
     from .data import manifest_scenes, read_scene
 
     out = []
     for sc in manifest_scenes(manifest, "heldout"):
-        img, have = read_scene(sc, band_names)
+        img, have = read_scene(sc, tuple(band_names) or None)
         if max_side:
             img = img[:, :max_side, :max_side]
         h, w = (img.shape[1] // scale) * scale, (img.shape[2] // scale) * scale

@@ -45,11 +45,15 @@ class LatentDiffusionUpsampler:
                  options: SamplingOptions = SamplingOptions(), weights: str = "bundled",
                  channels_last: bool = True, compile: bool = False) -> None:
         spec = model.spec
-        if scale != spec.scale:
-            raise ConfigError(f"tiling.scale={scale} but the model at {weights} upsamples x{spec.scale}; "
-                              f"set tiling.scale: {spec.scale}")
+        from .pipeline import scale_stages, supported_scales
+
+        try:
+            scale_stages(spec.scale, scale)
+        except ConfigError:
+            raise ConfigError(f"tiling.scale={scale}: the model at {weights} makes x{spec.scale} and, by read-out "
+                              f"and cascade, x{', x'.join(map(str, supported_scales(spec.scale)))}") from None
         self.name = NAME
-        self.scale = spec.scale
+        self.scale = int(scale)
         self.bands = spec.bands or None  # None: any band count (band-shared model)
         self.batch_size = int(batch_size)
         self.device = device
@@ -100,7 +104,7 @@ class LatentDiffusionUpsampler:
             lr = torch.from_numpy(px).to(dev)
             try:
                 y = super_resolve(self.model, lr, batch.origins[i : i + step], seed=batch.seed,
-                                  sample=sample, options=opts, generator=gen)
+                                  sample=sample, options=opts, generator=gen, scale=self.scale)
             except torch.OutOfMemoryError as e:
                 raise ModelError(f"out of GPU memory at batch_size={self.batch_size}; lower model.batch_size") from e
             outs.append(y.float().cpu().numpy())
