@@ -226,8 +226,11 @@ def _super_resolve(model: LatentSR, lowres: torch.Tensor, origins: np.ndarray, n
     if not options.diffusion:
         if base is None:
             raise ConfigError("diffusion=false needs a residual model (the base is its estimate without diffusion)")
-        return project(base, lowres, s, options.operator, options.projection_iterations) if options.projection \
-            else base
+        # the base already reproduces the input exactly under the block average (its last step is the exact
+        # projection); another operator asks for its own projection
+        if options.projection and options.operator != "average":
+            return project(base, lowres, s, options.operator, options.projection_iterations)
+        return base
     f = spec.latent_per_lowres
     lh, lw = h * f, w * f
     cond = model.condition(lowres, (lh, lw), base, noise) if model.shared else model.condition(lowres, (lh, lw), base)
