@@ -179,10 +179,10 @@ def test_ldsr_upsampler_runs_tiles_deterministically_per_position(opensr, tmp_pa
                          params={"weights": str(weights), "steps": 2, "correction": "projection"})
     px = (np.random.default_rng(0).random((2, 4, 16, 16)) * 0.3 + 0.01).astype(np.float32)
     y = up(TileBatch(px, np.array([[0, 0], [0, 8]], dtype=np.int64), seed=3))
-    assert y.shape == (2, 4, 64, 64) and np.isfinite(y).all() and (y >= 0).all()
+    assert y.shape == (2, 4, 64, 64) and np.isfinite(y).all()
     alone = up(TileBatch(px[1:], np.array([[0, 8]], dtype=np.int64), seed=3))
     np.testing.assert_array_equal(alone[0], y[1])  # a tile's output depends on its position, not its batch
     from geosr import metrics
 
-    assert metrics.lr_consistency(y[0], px[0], 4)["lr_l1"] < 1e-3
+    assert metrics.lr_consistency(y[0], px[0], 4)["lr_l1"] < 1e-5  # correction=projection
     assert up.describe()["sampling"]["steps"] == 2

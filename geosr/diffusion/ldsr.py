@@ -288,8 +288,8 @@ def sample_opensr(model: LatentSR, lowres: torch.Tensor, *, steps: int = 100, et
     2. DDIM (:func:`ddim_scheduler`) from Gaussian noise, eps-prediction, ``eta`` scaling the per-step noise
        variance, ``temperature`` the injected noise;
     3. decode; ``correction``: ``histogram`` matches each tile's bands to the input's histograms (opensr-model),
-       ``projection`` back-projects onto the input (geosr's block-average consistency), ``none`` leaves it; then
-       negative values are set to 0.
+       ``projection`` back-projects onto the input (geosr's block-average consistency), ``none`` leaves it;
+       negative values are set to 0 (before the projection, after the others).
 
     Random numbers are drawn in opensr-model's order (posterior sample, initial latent, one draw per step) from
     ``generator``, so a generator seeded like ``torch.manual_seed`` before opensr-model's call gives the same noise.
@@ -328,8 +328,8 @@ def sample_opensr(model: LatentSR, lowres: torch.Tensor, *, steps: int = 100, et
     out = model.decode(x).float()
     if correction == "histogram":
         out = torch.stack([match_histograms(o, lr) for o, lr in zip(out, lowres)])
-    elif correction == "projection":
-        out = project(out, lowres, spec.scale, "average", projection_iterations)
+    elif correction == "projection":  # clamp first: the projection then reproduces the (non-negative) input
+        return project(out.clamp_min(0.0), lowres, spec.scale, "average", projection_iterations)
     return out.clamp_min(0.0)
 
 
