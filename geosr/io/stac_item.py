@@ -333,8 +333,8 @@ class StacItemSource:
     def _parts(self) -> tuple[Any, Any]:
         if self._item is None:
             import pystac
-            from affine import Affine
             from odc.geo.geobox import GeoBox
+            from rasterio.transform import Affine
 
             g = self._plan.grid
             self._geobox = GeoBox((g.height, g.width), Affine(*g.transform), g.crs_wkt)
