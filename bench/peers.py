@@ -12,8 +12,9 @@ For each scene size (a synthetic but real-ish 4-band uint16 GeoTIFF, tiled, zstd
   (ZSTD level 1, 1024 px blocks, overviews, 2 threads);
 * ``rioxarray -> Zarr``: ``open_rasterio(...).rio.reproject(resolution=res/4, resampling=cubic)`` (2 warp
   threads) then ``to_zarr`` with the same codec and chunks as geosr (the reprojection is held in memory);
-* ``geosr ldm (CPU)``: the diffusion path end to end (bundled model, 1 step) on a 256^2 crop of the scene,
-  reported as tiles/s as well (it is about 1000x slower per pixel on CPU; see ``bench/model_cpu.py``).
+* ``geosr default model (CPU)``: ``run_scene`` with the bundled model and its recommended sampling (or
+  ``--weights`` / ``--ldm-params``) on a ``--ldm-crop``^2 crop of the scene (default 1024^2 low-res px,
+  16.8 Mpx out): output Mpx/s is the figure to compare; tiles/s too.
 
 Prints a table: seconds, output Mpx/s, ratio to the floor (floor time / tool time per output pixel: 1.0 =
 as fast as moving the bytes), CPU seconds of the process (all threads, the timed part) and the same
@@ -44,7 +45,7 @@ from core import ROOT, cpu_seconds, floor_run, geosr_run, make_scene  # noqa: E4
 
 TOOLS = ("floor", "geosr", "gdal", "rioxarray", "ldm")
 LABELS = {"floor": "I/O floor (read + write Zarr)", "geosr": "geosr bicubic -> Zarr",
-          "gdal": "GDAL cubic -> COG", "rioxarray": "rioxarray cubic -> Zarr", "ldm": "geosr ldm 1 step (CPU)"}
+          "gdal": "GDAL cubic -> COG", "rioxarray": "rioxarray cubic -> Zarr", "ldm": "geosr default model (CPU)"}
 THREADS = 2
 
 
@@ -84,8 +85,10 @@ def rioxarray_run(inp: str, out: str, scale: int, chunk: int) -> dict:
     return {"seconds": time.perf_counter() - t0, "cpu_s": cpu_seconds() - c0, "out_px": int(up.sizes["x"] * up.sizes["y"])}
 
 
-def ldm_run(inp: str, out: str, scale: int, chunk: int, crop: int = 256) -> dict:
-    """The diffusion path end to end (bundled model, 1 step, CPU) on a crop of the input."""
+def ldm_run(inp: str, out: str, scale: int, chunk: int, crop: int = 1024, params: dict | None = None,
+            weights: str | None = None) -> dict:
+    """The default model end to end (``run_scene``, CPU, the model's recommended sampling unless ``params``)
+    on a ``crop``^2 crop of the input."""
     import rasterio
     from rasterio.windows import Window
 
@@ -98,8 +101,11 @@ def ldm_run(inp: str, out: str, scale: int, chunk: int, crop: int = 256) -> dict
         prof.update(width=crop, height=crop, transform=src.window_transform(Window(0, 0, crop, crop)))
         with rasterio.open(small, "w", **prof) as dst:
             dst.write(src.read(window=Window(0, 0, crop, crop)))
+    params = dict(params or {})
+    if weights:
+        params["weights"] = weights
     cfg = load_config(None, {"tiling.scale": scale, "tiling.chunk": chunk, "tiling.block": 2048, "workers": 1,
-                             "model.name": "ldm", "model.device": "cpu", "model.params": {"steps": 1}})
+                             "model.name": "ldm", "model.device": "cpu", "model.params": params})
     t0, c0 = time.perf_counter(), cpu_seconds()
     rep = run_scene(small, out, cfg, overwrite=True)
     sec = time.perf_counter() - t0
@@ -120,7 +126,7 @@ def child(kind: str, inp: str, out: str, a) -> None:
     elif kind == "rioxarray":
         res = rioxarray_run(inp, out, a.scale, a.chunk)
     else:
-        res = ldm_run(inp, out, a.scale, a.chunk)
+        res = ldm_run(inp, out, a.scale, a.chunk, a.ldm_crop, json.loads(a.ldm_params), a.weights)
     ru = resource.getrusage(resource.RUSAGE_SELF)
     res["peak_rss_mb"] = ru.ru_maxrss / 1024
     res.setdefault("cpu_s", ru.ru_utime + ru.ru_stime)  # all threads; floor and geosr: the timed part only
@@ -135,7 +141,8 @@ def disk_bytes(path: Path) -> int:
 
 def measure(kind: str, inp: Path, out: Path, a) -> dict:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", kind, str(inp), str(out), "--scale", str(a.scale),
-           "--chunk", str(a.chunk), "--block", str(a.block)]
+           "--chunk", str(a.chunk), "--block", str(a.block), "--ldm-crop", str(a.ldm_crop),
+           "--ldm-params", a.ldm_params] + (["--weights", a.weights] if a.weights else [])
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     if r.returncode:
         return {"error": r.stderr.strip().splitlines()[-1] if r.stderr.strip() else f"exit {r.returncode}"}
@@ -181,7 +188,7 @@ def table(results: dict[int, dict[str, dict]], a) -> str:
             per_px = r["out_px"] / fl["out_px"] if "seconds" in fl else 0.0
             ratio = f"{fl['seconds'] / r['seconds'] * per_px:.2f}" if per_px else "n/a"
             cpu_ratio = f"{fl['cpu_s'] / r['cpu_s'] * per_px:.2f}" if per_px else "n/a"
-            size = n if kind != "ldm" else "256"
+            size = n if kind != "ldm" else min(n, a.ldm_crop)
             tiles = f"{r['tiles_per_s']:.2f}" if "tiles_per_s" in r else ""
             lines.append(f"| {size}² | {LABELS[kind]} | {r['seconds']:.1f} | {mpx:.1f} | {ratio} | {r['cpu_s']:.0f} | "
                          f"{cpu_ratio} | {r['peak_rss_mb']:.0f} | {r['out_bytes'] / 1e9:.2f} | {tiles} |")
@@ -198,6 +205,9 @@ def main(argv=None) -> None:
     p.add_argument("--repeat", type=int, default=1, help="runs of floor and geosr (fastest kept)")
     p.add_argument("--workdir", default=None, help="scratch directory, kept (default: a temp dir, removed)")
     p.add_argument("--json", default=None, help="also write the results here")
+    p.add_argument("--ldm-crop", type=int, default=1024, help="ldm: low-res crop side (px)")
+    p.add_argument("--ldm-params", default="{}", help='ldm: model.params as JSON, e.g. \'{"ensemble": 2}\'')
+    p.add_argument("--weights", default=None, help="ldm: model directory (default: the bundled model)")
     p.add_argument("--gpu", action="store_true", help="run bench/gpu.py instead, with the arguments after --")
     p.add_argument("--child", nargs=3, metavar=("KIND", "IN", "OUT"))
     a, rest = p.parse_known_args(argv)

@@ -14,13 +14,13 @@ from hypothesis import strategies as st
 
 from geosr import metrics
 from geosr.diffusion.consistency import consistent_base
-from geosr.diffusion.data import DataSpec, Degradation, PairSampler
+from geosr.diffusion.data import DataSpec, Degradation, FolderSource, PatchSampler, folder_files
 from geosr.diffusion.evaluate import BackProjected, hf_energy_ratio
 from geosr.diffusion.mean import dihedral, self_ensemble
 from geosr.diffusion.model import LatentSR
 from geosr.diffusion.pipeline import SamplingOptions, super_resolve
 from geosr.diffusion.spec import AutoencoderSpec, DenoiserSpec, MeanSpec, ModelSpec
-from geosr.diffusion.train import Trainer, TrainSpec
+from geosr.diffusion.train import TrainSpec, open_run, train
 from geosr.diffusion.weights_io import MEAN_FILE, load_model, save_model
 from geosr.errors import ConfigError, ModelError
 from geosr.upsamplers import TileBatch
@@ -31,6 +31,15 @@ SPEC = ModelSpec(
     bands=4, scale=4, residual_scale=0.05, cond_offset=0.3, cond_scale=0.2,
     mean=MeanSpec(features=8, blocks=2),
     autoencoder=AutoencoderSpec(kind="shuffle", factor=4, latent_channels=64),
+    denoiser=DenoiserSpec(block_out_channels=(16, 16), down_block_types=("DownBlock2D",) * 2,
+                          up_block_types=("UpBlock2D",) * 2, norm_num_groups=8),
+)
+
+
+SHARED = ModelSpec(
+    bands=0, scale=4, residual_scale=1.0,
+    mean=MeanSpec(kind="band_shared", features=8, blocks=1, band_features=8, band_blocks=1),
+    autoencoder=AutoencoderSpec(kind="shuffle", factor=4, latent_channels=16),
     denoiser=DenoiserSpec(block_out_channels=(16, 16), down_block_types=("DownBlock2D",) * 2,
                           up_block_types=("UpBlock2D",) * 2, norm_num_groups=8),
 )
@@ -186,34 +195,37 @@ def test_weights_round_trip_and_bad_files_are_one_line_errors(tmp_path):
 # -- data and training ---------------------------------------------------------------------------------------
 
 
-def test_manifest_sampler_fills_missing_bands_and_masks_them(manifest):
-    data = DataSpec(manifest=str(manifest), patch=32, gain=(1.0, 1.0), degradation=Degradation(noise_std=(0, 0)))
-    tr = PairSampler(data, 4, "train")
-    ho = PairSampler(data, 4, "heldout")
-    assert tr.names == ["s0", "s1", "s2"] and ho.names == ["s3", "s4"]
-    rgb = tr.names.index("s2")
-    assert tr.masks[rgb].tolist() == [1, 1, 1, 0]
-    np.testing.assert_allclose(tr.images[rgb][3], tr.images[rgb][:3].mean(axis=0), atol=1e-6)
-    lr, hr, have = tr.batch(6, np.random.default_rng(0), with_mask=True)
-    assert lr.shape == (6, 4, 8, 8) and hr.shape == (6, 4, 32, 32) and have.shape == (6, 4)
+def test_manifest_scenes_keep_their_own_bands(manifest):
+    data = DataSpec(manifest=str(manifest), patch=32, context=32, gain=(1.0, 1.0), val_fraction=0.0)
+    tr = PatchSampler(data, 4, "train")
+    assert tr.names == ["s0", "s1", "s2"]  # held-out scenes are never read for training
+    assert [im.pixels.shape[0] for im in tr.images] == [4, 4, 3] and tr.images[2].bands == ("red", "green", "blue")
+    four = tr.batch(6, np.random.default_rng(0), bands=4)
+    assert four.lr.shape == (6, 4, 8, 8) and four.hr.shape == (6, 4, 32, 32)
+    three = tr.batch(6, np.random.default_rng(0), bands=3, exact=True)  # exactly-3-band images: s2 only
+    assert three.hr.shape[1] == 3
 
 
-def test_mean_stage_learns_resumes_and_saves_a_loadable_model(manifest, tmp_path):
-    data = DataSpec(manifest=str(manifest), patch=32, gain=(1.0, 1.0),
-                    degradation=Degradation(noise_std=(0.0, 0.0)))
-    cfg = TrainSpec(data=data, batch=4, mean_steps=60, mean_lr=3e-3, ae_steps=0, denoiser_steps=4,
-                    checkpoint_every=20, val_every=30, val_batches=2, log_every=30, threads=1)
+def _trainable(tmp_path, manifest, **kw) -> TrainSpec:
+    data = DataSpec(manifest=str(manifest), patch=32, context=64, gain=(1.0, 1.0), val_fraction=0.3,
+                    band_counts={1: 0.2, 3: 0.4, 4: 0.4})
+    base = dict(data=data, batch=4, mean_steps=60, mean_lr=3e-3, ae_steps=0, denoiser_steps=4, warmup=10,
+                checkpoint_every=20, val_every=30, val_batches=2, log_every=30, threads=1)
+    return TrainSpec(**{**base, **kw})
+
+
+@pytest.mark.parametrize("spec", [SPEC, SHARED], ids=["joint", "band_shared"])
+def test_mean_stage_learns_resumes_and_saves_a_loadable_model(manifest, tmp_path, spec):
+    cfg = _trainable(tmp_path, manifest)
     out = tmp_path / "run"
-    t = Trainer(SPEC, TrainSpec(**{**cfg.__dict__, "mean_steps": 30}), out)
-    t.run()  # 30 mean steps (stage 0 complete), then the shuffle code's calibration and 4 denoiser steps
+    train(spec, cfg.model_copy(update={"mean_steps": 30}), out, log_fn=lambda m: None)
     st = json.loads((out / "train" / "state.json").read_text())
     assert st["state"]["mean_step"] == 30 and st["state"]["denoiser_step"] == 4
     # a second run with more mean steps resumes stage 0 where it stopped
-    t2 = Trainer(SPEC, cfg, out)
-    assert t2.state["mean_step"] == 30
-    t2.train_mean()
-    assert t2.state["mean_step"] == 60
-    hist = [h for h in t2.state["history"] if str(h["step"]).startswith("mean")]
+    assert open_run(spec, cfg, out, log_fn=lambda m: None).state["mean_step"] == 30
+    r = train(spec, cfg, out, log_fn=lambda m: None)
+    assert r.state["mean_step"] == 60
+    hist = [h for h in r.state["history"] if str(h["step"]).startswith("mean")]
     assert hist and hist[-1]["val_psnr_mean"] > hist[-1]["val_psnr_base"]  # learned something real, held out
     model = load_model(out)
     assert model.mean is not None and (out / MEAN_FILE).is_file()
@@ -223,6 +235,100 @@ def test_mean_stage_learns_resumes_and_saves_a_loadable_model(manifest, tmp_path
         m = super_resolve(model, lr, np.zeros((1, 2), dtype=np.int64), options=SamplingOptions(diffusion=False))
     assert y.shape == m.shape == (1, 4, 64, 64)
     assert float((torch.nn.functional.avg_pool2d(m, 4) - lr).abs().max()) < 1e-5
+
+
+# -- the band-shared model: any band count --------------------------------------------------------------------
+
+
+def _shared_trained_like(seed: int = 0) -> LatentSR:
+    torch.manual_seed(seed)
+    m = LatentSR(SHARED).eval()
+    for p in list(m.mean.parameters()) + list(m.denoiser.parameters()):
+        torch.nn.init.normal_(p, std=0.1)
+    return m
+
+
+@pytest.mark.parametrize("bands", [1, 2, 3, 4, 10])
+@pytest.mark.parametrize("diffusion", [False, True])
+def test_band_shared_model_takes_any_band_count_and_reproduces_every_band(bands, diffusion):
+    m = _shared_trained_like()
+    lr = torch.from_numpy(_smooth(np.random.default_rng(bands), (2, bands, 12, 12)))
+    org = np.array([[0, 0], [8, 4]], dtype=np.int64)
+    with torch.no_grad():
+        y = super_resolve(m, lr, org, options=SamplingOptions(diffusion=diffusion, steps=2, eta=1.0))
+        y2 = super_resolve(m, lr, org, options=SamplingOptions(diffusion=diffusion, steps=2, eta=1.0))
+    assert y.shape == (2, bands, 48, 48) and torch.equal(y, y2)
+    assert float((torch.nn.functional.avg_pool2d(y, 4) - lr).abs().max()) < 1e-5  # every band LR-consistent
+    plain = consistent_base(lr, 4, "bicubic", "average", SHARED.base_iterations)
+    assert float((y - plain).abs().max()) > 1e-3  # the networks really act
+
+
+def test_band_shared_model_is_equivariant_to_band_order_and_to_gain_and_offset_per_band():
+    """One set of weights for every band beside a guide symmetric in the bands: permuting the input's bands
+    permutes the output's; each tile is normalised per band, so a gain and an offset per band carry through."""
+    m = _shared_trained_like(1)
+    lr = torch.from_numpy(_smooth(np.random.default_rng(9), (1, 4, 16, 16)))
+    org = np.zeros((1, 2), dtype=np.int64)
+    opts = SamplingOptions(diffusion=False, ensemble=2)
+    with torch.no_grad():
+        y = super_resolve(m, lr, org, options=opts)
+        perm = [2, 0, 3, 1]
+        torch.testing.assert_close(super_resolve(m, lr[:, perm], org, options=opts), y[:, perm], rtol=0, atol=2e-5)
+        gain = torch.tensor([2.0, 0.5, 1.0, 3.0]).view(1, 4, 1, 1)
+        off = torch.tensor([0.1, -0.05, 0.0, 0.2]).view(1, 4, 1, 1)
+        torch.testing.assert_close(super_resolve(m, lr * gain + off, org, options=opts), y * gain + off,
+                                   rtol=0, atol=2e-3)
+
+
+def test_band_shared_spec_is_validated():
+    with pytest.raises(ModelError, match="bands=0"):
+        ModelSpec(bands=0, mean=MeanSpec(kind="joint"), autoencoder=AutoencoderSpec(kind="shuffle", latent_channels=16))
+    with pytest.raises(ModelError, match="latent_channels must be"):
+        ModelSpec(bands=0, mean=MeanSpec(kind="band_shared"), autoencoder=AutoencoderSpec(kind="shuffle", latent_channels=64))
+    with pytest.raises(ModelError, match="set bands: 0"):
+        ModelSpec(bands=4, mean=MeanSpec(kind="band_shared"))
+
+
+def _folder(tmp_path, name, n, bands, size=64):
+    from PIL import Image
+
+    d = tmp_path / name / "cls"
+    d.mkdir(parents=True)
+    rng = np.random.default_rng(len(name))
+    for i in range(n):
+        a = (_smooth(rng, (bands, size, size), 1.5) * 255).astype(np.uint8)
+        if bands == 3:
+            Image.fromarray(a.transpose(1, 2, 0)).save(d / f"cls{i:02d}.png")
+        else:
+            _write(d / f"cls{i:02d}.tif", a / 255.0)
+    return tmp_path / name
+
+
+def test_image_folders_split_by_name_and_train_a_band_shared_model(tmp_path):
+    """An image folder beside the registry corpus (here: RGB PNGs and RGBN GeoTIFFs): files matching ``test``
+    are never read for training or validation, ``val`` files validate, the rest train, each with its own
+    band count; the band-shared model trains on the mix and loads."""
+    _folder(tmp_path, "rgb", 10, 3)
+    _folder(tmp_path, "rgbn", 4, 4, size=128)
+    rgb = FolderSource(path="rgb", glob="*/*.png", bands=("red", "green", "blue"), test=r"0[89]\.png$",
+                       val=r"07\.png$")
+    rgbn = FolderSource(path="rgbn", glob="*/*.tif", bands=("red", "green", "blue", "nir"), val_fraction=0.25)
+    data = DataSpec(corpus_root=str(tmp_path), folders=(rgb, rgbn), patch=32, context=64,
+                    band_counts={1: 0.3, 3: 0.4, 4: 0.3}, gain=(1.0, 1.0))
+    names = lambda part: [f.name for f in folder_files(rgb, tmp_path, part)]  # noqa: E731
+    assert names("test") == ["cls08.png", "cls09.png"] and names("val") == ["cls07.png"]
+    assert set(names("train")) == {f"cls0{i}.png" for i in range(7)}
+    tr, va = PatchSampler(data, 4, "train"), PatchSampler(data, 4, "val")
+    assert not any("cls08" in n or "cls09" in n for n in tr.names + va.names)
+    assert sorted(n for n in va.names if n.startswith("rgb/")) == ["rgb/cls07.png"]
+    assert len([n for n in va.names if n.startswith("rgbn/")]) == 4  # east strips of the RGBN images
+    cfg = TrainSpec(data=data, batch=4, mean_steps=40, mean_lr=3e-3, ae_steps=0, denoiser_steps=0, warmup=10,
+                    checkpoint_every=40, val_every=20, val_batches=2, log_every=40, threads=1, keep_best=True)
+    r = train(SHARED, cfg, tmp_path / "run", log_fn=lambda m: None)
+    assert r.state["mean_best"]["val_gain"] > 0
+    assert load_model(tmp_path / "run").spec.band_shared
+    with pytest.raises(Exception, match="does not exist"):
+        PatchSampler(data.model_copy(update={"corpus_root": str(tmp_path / "nowhere")}), 4, "train")
 
 
 def test_eval_manifest_reports_every_heldout_scene_and_method(manifest, tmp_path, capsys):
@@ -289,11 +395,11 @@ def test_default_model_same_seed_same_bytes_whatever_the_block_size(tmp_path):
 
 
 def test_pyramid_adds_coarser_copies_of_training_scenes_only(manifest):
-    data = DataSpec(manifest=str(manifest), patch=24, pyramid=(1, 4), gain=(1.0, 1.0))
-    tr, ho = PairSampler(data, 4, "train"), PairSampler(data, 4, "heldout")
-    assert tr.names == ["s0", "s1", "s2", "s0/4", "s1/4", "s2/4"] and ho.names == ["s3", "s4"]
-    np.testing.assert_allclose(tr.images[3], metrics.degrade(tr.images[0], 4), atol=1e-6)
-    assert tr.masks[5].tolist() == [1, 1, 1, 0]
+    data = DataSpec(manifest=str(manifest), patch=24, context=24, pyramid=(1, 4), gain=(1.0, 1.0), val_fraction=0.0)
+    tr = PatchSampler(data, 4, "train")
+    assert tr.names == ["s0", "s1", "s2", "s0/4", "s1/4", "s2/4"]
+    np.testing.assert_allclose(tr.images[3].pixels, metrics.degrade(tr.images[0].pixels, 4), atol=1e-6)
+    assert tr.images[5].bands == ("red", "green", "blue")
 
 
 def test_gpu_session_check_passes_on_cpu(capsys):
@@ -310,39 +416,34 @@ def test_gpu_session_check_passes_on_cpu(capsys):
 def test_val_fraction_carves_validation_from_training_scenes_and_leaves_heldout_untouched(manifest):
     from geosr.diffusion.data import manifest_scenes, read_scene
 
-    data = DataSpec(manifest=str(manifest), patch=32, val_fraction=0.3)
-    tr, va, ho = (PairSampler(data, 4, part) for part in ("train", "val", "heldout"))
-    assert tr.names == va.names == ["s0", "s1", "s2"] and ho.names == ["s3", "s4"]
-    full, _ = read_scene(manifest_scenes(str(manifest), "train")[0], data.band_names)
+    data = DataSpec(manifest=str(manifest), patch=32, context=32, val_fraction=0.3)
+    tr, va = (PatchSampler(data, 4, part) for part in ("train", "val"))
+    assert tr.names == va.names == ["s0", "s1", "s2"]  # held-out scenes s3, s4: never read
+    full, _ = read_scene(manifest_scenes(str(manifest), "train")[0])
     cut = int(round(full.shape[-1] * 0.7))
-    np.testing.assert_array_equal(tr.images[0], full[..., :cut])  # west: training
-    np.testing.assert_array_equal(va.images[0], full[..., cut:])  # east: validation, disjoint from it
-    # without a val_fraction, "val" is the held-out scenes (the monitor of earlier runs)
-    assert PairSampler(DataSpec(manifest=str(manifest), patch=32), 4, "val").names == ["s3", "s4"]
-    with pytest.raises(ConfigError, match="val_fraction"):
-        PairSampler(DataSpec(manifest=str(manifest), patch=32, val_fraction=0.6), 4, "train")
+    np.testing.assert_array_equal(tr.images[0].pixels, full[..., :cut])  # west: training
+    np.testing.assert_array_equal(va.images[0].pixels, full[..., cut:])  # east: validation, disjoint from it
+    with pytest.raises(ValueError, match="val_fraction"):
+        DataSpec(manifest=str(manifest), patch=32, val_fraction=0.6)
 
 
 def test_keep_best_ends_the_mean_stage_with_its_best_validation_checkpoint(manifest, tmp_path):
     from geosr.diffusion.train import MEAN_BEST_FILE
     from geosr.diffusion.weights_io import load_tensors
 
-    data = DataSpec(manifest=str(manifest), patch=32, gain=(1.0, 1.0), val_fraction=0.3,
-                    degradation=Degradation(noise_std=(0.0, 0.0)))
-    cfg = TrainSpec(data=data, batch=4, mean_steps=40, mean_lr=3e-3, ae_steps=0, denoiser_steps=0,
-                    checkpoint_every=20, val_every=10, val_batches=2, log_every=40, threads=1, keep_best=True)
+    cfg = _trainable(tmp_path, manifest, mean_steps=40, denoiser_steps=0, val_every=10, keep_best=True)
     out = tmp_path / "run"
-    t = Trainer(SPEC, cfg, out)
-    t.run()
-    hist = [h for h in t.state["history"] if str(h["step"]).startswith("mean")]
-    best = max(hist, key=lambda h: h["val_psnr_mean"])
-    assert t.state["mean_best"] == {"step": int(best["step"].split()[1]), "val_psnr_mean": best["val_psnr_mean"]}
+    r = train(SHARED, cfg, out, log_fn=lambda m: None)
+    hist = [h for h in r.state["history"] if str(h["step"]).startswith("mean")]
+    best = max(hist, key=lambda h: h["val_gain"])
+    assert r.state["mean_best"]["step"] == int(best["step"].split()[1])
+    assert r.state["mean_best"]["val_gain"] == best["val_gain"]
     kept = load_tensors(out / "train" / MEAN_BEST_FILE)
     shipped = load_model(out).mean.state_dict()
     assert all(torch.equal(kept[k], shipped[k]) for k in kept)  # the saved model carries the best weights
     cfg_json = json.loads((out / "config.json").read_text())["trained"]
-    assert cfg_json["val_scenes"] == ["s0", "s1", "s2"] and cfg_json["heldout_scenes"] == ["s3", "s4"]
-    assert "held-out scenes untouched" in cfg_json["validation"] and cfg_json["mean_best"] == t.state["mean_best"]
+    assert cfg_json["heldout_scenes"] == ["s3", "s4"] and cfg_json["val_images"] == 3
+    assert "held-out scenes untouched" in cfg_json["validation"] and cfg_json["mean_best"] == r.state["mean_best"]
 
 
 def test_bundle_script_copies_a_run_with_its_heldout_summary(tmp_path):
@@ -363,3 +464,23 @@ def test_bundle_script_copies_a_run_with_its_heldout_summary(tmp_path):
     assert cfg["trained"]["heldout_eval"]["psnr_gain_db"] == {"ldm": {"a": 0.25}}
     assert load_model(tmp_path / "b").mean is not None
     assert bundle.main([str(tmp_path / "nothing"), str(tmp_path / "e.json"), "--dest", str(tmp_path / "c")]) == 2
+
+
+def test_mean_only_sampling_loads_no_denoiser_until_samples_are_asked_for(tmp_path):
+    """``diffusion: false`` (the band-shared default) builds no denoiser (no diffusers import, less memory); a
+    call that needs it (uncertainty samples, or diffusion switched on) loads it from the same directory."""
+    from geosr.upsamplers import build_upsampler
+
+    m = _shared_trained_like(2)
+    save_model(m, tmp_path / "w")
+    up = build_upsampler("ldm", scale=4, device="cpu", bands=3, params={"weights": str(tmp_path / "w"),
+                                                                          "diffusion": False})
+    assert up.model.denoiser is None and up.bands is None
+    lr = _smooth(np.random.default_rng(11), (2, 3, 12, 12))
+    batch = TileBatch(lr, np.array([[0, 0], [0, 12]], dtype=np.int64), seed=0)
+    out = up(batch)
+    assert out.shape == (2, 3, 48, 48) and up.model.denoiser is None
+    mean, std = up.sample_with_std(batch, 2)
+    assert up.model.denoiser is not None and mean.shape == std.shape == out.shape and float(std.max()) > 0
+    for k, v in m.denoiser.state_dict().items():
+        assert torch.equal(up.model.denoiser.state_dict()[k], v)

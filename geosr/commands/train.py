@@ -18,6 +18,9 @@ def register(subparsers) -> None:
     p.add_argument("--out", required=True, help="run directory; holds config.json + safetensors when done")
     p.add_argument("--data", nargs="+", default=None, help="high-res GeoTIFFs (override train.data.files)")
     p.add_argument("--manifest", default=None, help="corpus manifest.json (override train.data.manifest)")
+    p.add_argument("--corpus-root", default=None,
+                   help="folder that train.data.folders are relative to (override train.data.corpus_root, "
+                        "default ../shared/corpus): point it at your own imagery")
     p.add_argument("--mean-steps", type=int, default=None, help="stage 0: mean predictor steps")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (override train.device)")
     p.add_argument("--ae-steps", type=int, default=None)
@@ -25,19 +28,19 @@ def register(subparsers) -> None:
     p.add_argument("--finetune-steps", type=int, default=None, help="stage 3: one-step pixel-loss fine-tuning steps")
     p.add_argument("--batch", type=int, default=None)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    p.add_argument("--time-limit", type=float, default=None, help="seconds; save and stop the denoiser stage after it")
+    p.add_argument("--time-limit", type=float, default=None,
+                   help="seconds of wall clock for this invocation (all stages); saves and stops after it")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from dataclasses import replace
     from pathlib import Path
 
     import yaml
 
     from ..errors import ConfigError
     from ..diffusion.spec import ModelSpec
-    from ..diffusion.train import Trainer, train_spec_from_dict
+    from ..diffusion.train import train, train_spec_from_dict
 
     path = Path(args.config)
     if not path.is_file():
@@ -51,15 +54,18 @@ def run(args: argparse.Namespace) -> int:
         tr = {**tr, "data": {**tr.get("data", {}), "files": list(args.data)}}
     if args.manifest:
         tr = {**tr, "data": {**tr.get("data", {}), "manifest": args.manifest}}
+    if args.corpus_root:
+        tr = {**tr, "data": {**tr.get("data", {}), "corpus_root": args.corpus_root}}
     if (tr.get("data") or {}).get("manifest"):
         tr["data"]["manifest"] = str(Path(tr["data"]["manifest"]).expanduser())
-    cfg = train_spec_from_dict(tr)
     over = {k: v for k, v in {"device": args.device, "ae_steps": args.ae_steps, "denoiser_steps": args.denoiser_steps,
                               "finetune_steps": args.finetune_steps,
                               "mean_steps": args.mean_steps,
                               "batch": args.batch, "threads": args.threads, "time_limit_s": args.time_limit}.items()
             if v is not None}
-    cfg = replace(cfg, **over)
-    out = Trainer(spec, cfg, args.out).run()
-    print(f"model saved to {out} (config.json + safetensors weights)")
+    cfg = train_spec_from_dict({**tr, **over})
+    run = train(spec, cfg, args.out)
+    state = run.state["stage"]
+    print(f"model saved to {run.out} (config.json + safetensors weights); "
+          + ("training done" if state == "done" else f"stopped in stage {state}: rerun the same command to continue"))
     return 0

@@ -21,7 +21,7 @@ from torch import nn
 
 from ..errors import ModelError
 from .consistency import consistent_base, project
-from .mean import MeanPredictor, self_ensemble
+from .mean import GUIDE_CHANNELS, BandSharedMeanPredictor, MeanPredictor, band_guide, band_stats, self_ensemble
 from .spec import AutoencoderSpec, DenoiserSpec, ModelSpec
 
 
@@ -40,10 +40,10 @@ class ShuffleCode(nn.Module):
 
 
 def build_autoencoder(spec: AutoencoderSpec, bands: int) -> nn.Module:
-    from diffusers import AutoencoderKL, AutoencoderTiny
-
     if spec.kind == "shuffle":
         return ShuffleCode(spec.factor)
+    from diffusers import AutoencoderKL, AutoencoderTiny
+
     if spec.kind == "tiny":
         if len(spec.encoder_block_out_channels) != len(spec.num_encoder_blocks) or \
                 len(spec.decoder_block_out_channels) != len(spec.num_decoder_blocks):
@@ -82,40 +82,81 @@ def build_denoiser(spec: DenoiserSpec, latent_channels: int, cond_channels: int)
 
 
 class LatentSR(nn.Module):
-    """Autoencoder + conditional denoiser. Tensors in and out; no sampling logic here."""
+    """Autoencoder + conditional denoiser (+ mean predictor). Tensors in and out; no sampling logic here.
 
-    def __init__(self, spec: ModelSpec) -> None:
+    A *band-shared* model (``spec.bands == 0``) takes any band count: the caller normalises each tile per band
+    (:meth:`tile_stats`; every method below then works in those units), the mean predictor and the denoiser
+    run every band through the same weights (bands folded into the batch) beside a guide of statistics over
+    the bands, and the latent of C bands is C stacked one-band latents."""
+
+    def __init__(self, spec: ModelSpec, denoiser: bool = True) -> None:
+        """``denoiser=False`` leaves the denoiser out (``self.denoiser is None``): enough for the mean predictor
+        alone (``diffusion: false``), without importing diffusers."""
         super().__init__()
         self.spec = spec
-        self.autoencoder = build_autoencoder(spec.autoencoder, spec.bands)
-        self.mean = None if spec.mean is None else MeanPredictor(
-            spec.bands, spec.scale, spec.mean.features, spec.mean.blocks, spec.mean.res_scale)
-        cond_channels = spec.bands + (spec.autoencoder.latent_channels if spec.mean is not None else 0)
-        self.denoiser = build_denoiser(spec.denoiser, spec.autoencoder.latent_channels, cond_channels)
+        self.shared = spec.band_shared
+        self.autoencoder = build_autoencoder(spec.autoencoder, max(spec.bands, 1))
+        m = spec.mean
+        if m is None:
+            self.mean = None
+        elif m.kind == "band_shared":
+            self.mean = BandSharedMeanPredictor(spec.scale, m.features, m.blocks, m.band_features, m.band_blocks,
+                                                m.res_scale)
+        else:
+            self.mean = MeanPredictor(spec.bands, spec.scale, m.features, m.blocks, m.res_scale)
+        self.denoiser = build_denoiser(spec.denoiser, *self.denoiser_shape(spec)) if denoiser else None
+
+    @staticmethod
+    def denoiser_shape(spec: ModelSpec) -> tuple[int, int]:
+        """(latent channels, condition channels) of the denoiser's input."""
+        L = spec.autoencoder.latent_channels
+        if spec.band_shared:  # per band: its LR, its noise level, the guide and its encoded mean residual
+            return L, 2 + GUIDE_CHANNELS + L
+        return L, spec.bands + (L if spec.mean is not None else 0)
 
     @property
     def latent_channels(self) -> int:
+        """Latent channels per band (band-shared) or of the whole tile."""
         return self.spec.autoencoder.latent_channels
 
+    def latent_channels_for(self, bands: int) -> int:
+        return self.latent_channels * bands if self.shared else self.latent_channels
+
+    def tile_stats(self, lowres: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(mean, std) per tile and band (B, C, 1, 1) for a band-shared model, whose methods take and return
+        ``(x - mean) / std``; None for a fixed-band model (it normalises inside, see :meth:`normalise`)."""
+        return band_stats(lowres) if self.shared else None
+
     def normalise(self, lowres: torch.Tensor) -> torch.Tensor:
+        if self.shared:
+            return lowres  # already normalised per tile by the caller
         return (lowres - self.spec.cond_offset) / self.spec.cond_scale
 
-    def base(self, lowres: torch.Tensor, ensemble: int = 1) -> torch.Tensor:
+    def _mean_net(self, noise: torch.Tensor | None):
+        if not self.shared:
+            return self.mean
+        return lambda x: self.mean(x, noise)
+
+    def base(self, lowres: torch.Tensor, ensemble: int = 1, noise: torch.Tensor | None = None) -> torch.Tensor:
         """The high-res estimate the diffusion residual is added to: the back-projected interpolation, plus
         the mean predictor's residual (projected again, so the base reproduces the input exactly), averaged
-        over ``ensemble`` symmetries of the square (:func:`~geosr.diffusion.mean.self_ensemble`)."""
+        over ``ensemble`` symmetries of the square (:func:`~geosr.diffusion.mean.self_ensemble`). ``noise``
+        (B, C): the input's noise std in normalised units (band-shared models; None: 0)."""
         s = self.spec
         b = consistent_base(lowres, s.scale, s.base, "average", s.base_iterations)
         if self.mean is None:
             return b
-        mean = self_ensemble(self.mean, self.normalise(lowres), ensemble)
+        mean = self_ensemble(self._mean_net(noise), self.normalise(lowres), ensemble)
         return project(b + mean * s.residual_scale, lowres, s.scale, "average", 0)
 
     def condition(self, lowres: torch.Tensor, latent_hw: tuple[int, int],
-                  base: torch.Tensor | None = None) -> torch.Tensor:
+                  base: torch.Tensor | None = None, noise: torch.Tensor | None = None) -> torch.Tensor:
         """The denoiser's conditioning channels for low-res tiles, at latent size ``latent_hw``; with a mean
-        predictor also the encoded mean residual (``base`` minus the bicubic base), computed if not given."""
+        predictor also the encoded mean residual (``base`` minus the bicubic base), computed if not given.
+        Band-shared: (B, C * (2 + guide + L), h, w), each band's block in band order."""
         c = self.normalise(lowres)
+        if self.shared:
+            return self._shared_condition(c, latent_hw, base, noise)
         if self.mean is not None:
             if base is None:
                 base = self.base(lowres)
@@ -131,6 +172,23 @@ class LatentSR(nn.Module):
         if tuple(c.shape[-2:]) != tuple(latent_hw):
             c = F.interpolate(c, size=latent_hw, mode="bilinear", align_corners=False)
         return c
+
+    def _shared_condition(self, x: torch.Tensor, latent_hw: tuple[int, int], base: torch.Tensor | None,
+                          noise: torch.Tensor | None) -> torch.Tensor:
+        b, c, h, w = x.shape
+        s = self.spec
+        if base is None:
+            base = self.base(x, noise=noise)
+        plain = consistent_base(x, s.scale, s.base, "average", s.base_iterations)
+        m = self.encode(base - plain)  # (B, C*L, lh, lw)
+        lh, lw = latent_hw
+        if (h, w) != (lh, lw):
+            x = F.interpolate(x, size=latent_hw, mode="bilinear", align_corners=False)
+        g = band_guide(x)
+        nz = torch.zeros((b, c), dtype=x.dtype, device=x.device) if noise is None else noise.to(x.dtype)
+        per = [x[:, :, None], nz[:, :, None, None, None].expand(b, c, 1, lh, lw),
+               g[:, None].expand(b, c, GUIDE_CHANNELS, lh, lw), m.reshape(b, c, -1, lh, lw)]
+        return torch.cat(per, dim=2).reshape(b, -1, lh, lw)
 
     def encode(self, residual: torch.Tensor) -> torch.Tensor:
         """High-res residual (or image, for ``target="image"``) reflectance (B, C, sH, sW) -> scaled latent
@@ -165,7 +223,15 @@ class LatentSR(nn.Module):
         t = t.expand(x_t.shape[0]) if t.ndim == 1 and t.numel() == 1 else t
         if t.ndim == 0:
             t = t.expand(x_t.shape[0])
-        return self.denoiser(torch.cat([x_t, cond.to(x_t.dtype)], dim=1), t).sample
+        if not self.shared:
+            return self.denoiser(torch.cat([x_t, cond.to(x_t.dtype)], dim=1), t).sample
+        b, cl, h, w = x_t.shape
+        L = self.latent_channels
+        c = cl // L
+        x = x_t.reshape(b * c, L, h, w)
+        cond = cond.reshape(b * c, -1, h, w).to(x_t.dtype)
+        out = self.denoiser(torch.cat([x, cond], dim=1), t.repeat_interleave(c)).sample
+        return out.reshape(b, cl, h, w)
 
 
 def count_parameters(module: nn.Module) -> int:

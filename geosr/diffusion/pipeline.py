@@ -45,6 +45,7 @@ class SamplingOptions:
     diffusion: bool = True  # False: the mean predictor's estimate alone (an ablation; no denoiser, no noise)
     dtype: str = "auto"  # auto (bf16 autocast on CUDA, float32 on CPU), float32, bfloat16, float16
     ensemble: int = 1  # mean predictor averaged over 1, 2, 4 or 8 flips/rotations (geometric self-ensemble)
+    noise_sigma: float = 0.0  # the input's noise std (reflectance), told to band-shared models (0: clean)
 
     def __post_init__(self) -> None:
         get_sampler(self.sampler)
@@ -60,6 +61,8 @@ class SamplingOptions:
             raise ConfigError("projection_iterations must be >= 0")
         if self.ensemble not in ENSEMBLES:
             raise ConfigError(f"ensemble={self.ensemble}: choose one of {', '.join(map(str, ENSEMBLES))}")
+        if not 0.0 <= float(self.noise_sigma) < 1.0:
+            raise ConfigError(f"noise_sigma={self.noise_sigma}: the input noise std in reflectance, 0 <= sigma < 1")
 
     def autocast_dtype(self, device: torch.device) -> torch.dtype | None:
         if device.type != "cuda" or self.dtype == "float32":
@@ -105,16 +108,35 @@ def _pad_to(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, in
 def super_resolve(model: LatentSR, lowres: torch.Tensor, origins: np.ndarray, *, seed: int = 0, sample: int = 0,
                   options: SamplingOptions = SamplingOptions(), generator: torch.Generator | None = None
                   ) -> torch.Tensor:
-    """(B, C, h, w) float32 low-res reflectance on the model's device -> (B, C, s*h, s*w) float32."""
+    """(B, C, h, w) float32 low-res reflectance on the model's device -> (B, C, s*h, s*w) float32.
+
+    A band-shared model runs on each tile normalised per band (:meth:`LatentSR.tile_stats`) and its result is
+    mapped back; every step (interpolation, projections, the networks' residuals) commutes with that map."""
     spec = model.spec
-    s = spec.scale
     dev = lowres.device
     lowres = lowres.float()
     b, c, h, w = lowres.shape
-    if c != spec.bands:
+    if not spec.band_shared and c != spec.bands:
         raise ConfigError(f"the model takes {spec.bands} bands; the input has {c}")
+    stats = model.tile_stats(lowres)
+    if stats is None:
+        return _super_resolve(model, lowres, origins, None, seed, sample, options, generator)
+    mu, sd = stats
+    noise = (torch.full((b, c), float(options.noise_sigma), device=dev) / sd[:, :, 0, 0]) \
+        if options.noise_sigma else None
+    out = _super_resolve(model, (lowres - mu) / sd, origins, noise, seed, sample, options, generator)
+    return out * sd + mu
+
+
+def _super_resolve(model: LatentSR, lowres: torch.Tensor, origins: np.ndarray, noise: torch.Tensor | None,
+                   seed: int, sample: int, options: SamplingOptions, generator: torch.Generator | None
+                   ) -> torch.Tensor:
+    spec = model.spec
+    s = spec.scale
+    dev = lowres.device
+    b, c, h, w = lowres.shape
     residual = getattr(spec, "target", "residual") == "residual"
-    base = model.base(lowres, options.ensemble) if residual else None
+    base = model.base(lowres, options.ensemble, noise) if residual else None
     if not options.diffusion:
         if base is None:
             raise ConfigError("diffusion=false needs a residual model (the base is its estimate without diffusion)")
@@ -122,10 +144,10 @@ def super_resolve(model: LatentSR, lowres: torch.Tensor, origins: np.ndarray, *,
             else base
     f = spec.latent_per_lowres
     lh, lw = h * f, w * f
-    cond = model.condition(lowres, (lh, lw), base)
+    cond = model.condition(lowres, (lh, lw), base, noise) if model.shared else model.condition(lowres, (lh, lw), base)
     rows, cols = tile_coords(origins, (lh, lw), f, dev)
     key = sample_seed(seed, sample)
-    lc = model.latent_channels
+    lc = model.latent_channels_for(c)
     x = keyed_noise(key, 0, lc, rows, cols, keyed=options.keyed_noise, generator=generator)
 
     def noise(k: int) -> torch.Tensor:

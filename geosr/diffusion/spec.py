@@ -83,20 +83,30 @@ class ScheduleSpec:
         return asdict(self)
 
 
+MEAN_KINDS = ("joint", "band_shared")
+
+
 @dataclass(frozen=True)
 class MeanSpec:
-    """The regression mean predictor (:mod:`geosr.diffusion.mean`) run before diffusion (absent: none)."""
+    """The regression mean predictor (:mod:`geosr.diffusion.mean`) run before diffusion (absent: none).
+
+    ``joint``: one network over a fixed set of bands (:class:`~geosr.diffusion.mean.MeanPredictor`);
+    ``band_shared``: a guide trunk once per tile plus a branch shared by every band, any band count
+    (:class:`~geosr.diffusion.mean.BandSharedMeanPredictor`; ``band_features`` x ``band_blocks``)."""
 
     features: int = 48
     blocks: int = 8
     res_scale: float = 0.2
+    kind: str = "joint"
+    band_features: int = 32
+    band_blocks: int = 2
 
 
 @dataclass(frozen=True)
 class ModelSpec:
     """Everything needed to rebuild the model and reproduce its numerics."""
 
-    bands: int = 4
+    bands: int = 4  # 0: any band count (band-shared networks, per-tile normalisation)
     scale: int = 4
     band_names: tuple[str, ...] = ("red", "green", "blue", "nir")
     residual_scale: float = 0.05  # residual reflectance / residual_scale -> autoencoder input
@@ -116,9 +126,20 @@ class ModelSpec:
     trained: dict[str, Any] = field(default_factory=dict)  # provenance of the weights (data, steps, time)
 
     def __post_init__(self) -> None:
-        if self.bands < 1:
-            raise ModelError(f"model bands={self.bands}: need at least one band")
-        if len(self.band_names) != self.bands:
+        if self.bands < 0:
+            raise ModelError(f"model bands={self.bands}: 0 (any band count) or the number of bands")
+        if self.mean is not None and self.mean.kind not in MEAN_KINDS:
+            raise ModelError(f"mean.kind={self.mean.kind!r}: choose one of {', '.join(MEAN_KINDS)}")
+        if self.bands == 0:
+            object.__setattr__(self, "band_names", ())
+            if self.mean is None or self.mean.kind != "band_shared" or self.autoencoder.kind != "shuffle":
+                raise ModelError("bands=0 (any band count) needs mean.kind=band_shared and autoencoder.kind=shuffle")
+            if self.autoencoder.latent_channels != self.autoencoder.factor ** 2:
+                raise ModelError(f"bands=0: autoencoder.latent_channels must be factor**2 = "
+                                 f"{self.autoencoder.factor ** 2} (one band's latent)")
+        elif self.mean is not None and self.mean.kind == "band_shared":
+            raise ModelError("mean.kind=band_shared takes any band count: set bands: 0")
+        elif len(self.band_names) != self.bands:
             object.__setattr__(self, "band_names", tuple(f"B{i + 1}" for i in range(self.bands)))
         if self.scale % self.autoencoder.downsample:
             raise ModelError(
@@ -131,11 +152,16 @@ class ModelSpec:
             raise ModelError(f"condition={self.condition!r}: choose lowres or encoded_bilinear")
         if self.autoencoder.kind not in ("tiny", "kl", "shuffle"):
             raise ModelError(f"autoencoder.kind={self.autoencoder.kind!r}: choose tiny, kl or shuffle")
-        if self.autoencoder.kind == "shuffle" and \
+        if self.autoencoder.kind == "shuffle" and self.bands and \
                 self.autoencoder.latent_channels != self.bands * self.autoencoder.factor ** 2:
             raise ModelError(f"autoencoder.kind=shuffle with factor {self.autoencoder.factor} needs latent_channels="
                              f"{self.bands * self.autoencoder.factor ** 2} (bands * factor**2), "
                              f"not {self.autoencoder.latent_channels}")
+
+    @property
+    def band_shared(self) -> bool:
+        """Any band count: networks shared across bands, tiles normalised per band (:func:`band_stats`)."""
+        return self.bands == 0
 
     @property
     def latent_per_lowres(self) -> int:

@@ -31,7 +31,7 @@ from ..upsamplers.base import TileBatch, check_output, resolve_device
 from .consistency import project_blended
 from .model import LatentSR
 from .pipeline import SamplingOptions, super_resolve
-from .weights_io import bundled_dir, load_model
+from .weights_io import attach_denoiser, bundled_dir, load_model
 
 NAME = "ldm"
 
@@ -50,7 +50,7 @@ class LatentDiffusionUpsampler:
                               f"set tiling.scale: {spec.scale}")
         self.name = NAME
         self.scale = spec.scale
-        self.bands = spec.bands
+        self.bands = spec.bands or None  # None: any band count (band-shared model)
         self.batch_size = int(batch_size)
         self.device = device
         self.options = options
@@ -59,9 +59,10 @@ class LatentDiffusionUpsampler:
         dev = torch.device(device)
         if dev.type == "cuda" and channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        if compile:
+        if compile and self.model.denoiser is not None:
             self.model.denoiser = torch.compile(self.model.denoiser)
-            self.model.autoencoder.decoder = torch.compile(self.model.autoencoder.decoder)
+            if hasattr(self.model.autoencoder, "decoder"):
+                self.model.autoencoder.decoder = torch.compile(self.model.autoencoder.decoder)
 
     @property
     def spec(self):
@@ -71,9 +72,17 @@ class LatentDiffusionUpsampler:
         return {"name": self.name, "version": self.version, "scale": self.scale, "bands": self.bands,
                 "weights": self.weights, "model_digest": self.spec.digest(), "sampling": asdict(self.options)}
 
+    def _ensure_denoiser(self) -> None:
+        """Load the denoiser now if the model was loaded without it (mean-only sampling)."""
+        if self.model.denoiser is None:
+            path = bundled_dir() if self.weights == "bundled" else Path(self.weights)
+            attach_denoiser(self.model, path, self.device)
+
     def _run(self, batch: TileBatch, sample: int, options: SamplingOptions | None = None) -> np.ndarray:
         opts = options or self.options
-        if batch.pixels.shape[1] != self.bands:
+        if opts.diffusion:
+            self._ensure_denoiser()
+        if self.bands is not None and batch.pixels.shape[1] != self.bands:
             raise ConfigError(f"the model takes {self.bands} bands; the input has {batch.pixels.shape[1]}: "
                               "select bands with input.bands")
         dev = torch.device(self.device)
@@ -116,7 +125,8 @@ class LatentDiffusionUpsampler:
         if n < 1:
             raise ConfigError(f"n={n}: need at least one sample")
         opts = SamplingOptions(**{**asdict(self.options), "eta": self.options.eta or 1.0, "diffusion": True})
-        acc = np.zeros((len(batch), self.bands, batch.pixels.shape[2] * self.scale,
+        self._ensure_denoiser()
+        acc = np.zeros((len(batch), batch.pixels.shape[1], batch.pixels.shape[2] * self.scale,
                         batch.pixels.shape[3] * self.scale), dtype=np.float64)
         acc2 = np.zeros_like(acc)
         for k in range(n):
@@ -141,8 +151,13 @@ def build(*, scale: int, batch_size: int = 16, device: str = "auto", bands: int 
                           f"{sorted(_OPTION_KEYS | {'weights', 'channels_last', 'compile'})}")
     dev = resolve_device(device)
     path = Path(weights) if weights else bundled_dir()
-    model = load_model(path, dev)
-    if bands is not None and bands != model.spec.bands:
+    from .spec import ModelSpec
+
+    spec = ModelSpec.load(path / "config.json") if (path / "config.json").is_file() else None
+    # the denoiser (and diffusers) are loaded only when sampling uses them (sample_with_std loads it on demand)
+    needs_denoiser = bool({**(spec.sampling if spec else {}), **params}.get("diffusion", True))
+    model = load_model(path, dev, denoiser=needs_denoiser)
+    if bands is not None and model.spec.bands and bands != model.spec.bands:
         raise ConfigError(f"the input has {bands} bands but the model at {path} takes {model.spec.bands} "
                           f"({','.join(model.spec.band_names)}): select them with --bands (input.bands), "
                           "or use --model bicubic / lanczos for any band count")

@@ -77,14 +77,29 @@ def _load_into(module: torch.nn.Module, tensors: dict[str, torch.Tensor], what: 
     module.load_state_dict(tensors)
 
 
-def load_model(directory: str | Path, device: str | torch.device = "cpu") -> LatentSR:
+def load_model(directory: str | Path, device: str | torch.device = "cpu", denoiser: bool = True) -> LatentSR:
+    """A checkpoint directory -> :class:`LatentSR` in eval mode; ``denoiser=False`` skips the denoiser (the
+    mean predictor alone; no diffusers import)."""
     d = Path(directory)
     if not d.is_dir():
         raise ModelError(f"model directory {d} does not exist (expected config.json + *.safetensors)")
     spec = ModelSpec.load(d / CONFIG)
-    model = LatentSR(spec)
+    model = LatentSR(spec, denoiser=denoiser)
     _load_into(model.autoencoder, load_tensors(d / AE_FILE), "autoencoder", d)
-    _load_into(model.denoiser, load_tensors(d / DENOISER_FILE), "denoiser", d)
+    if denoiser:
+        _load_into(model.denoiser, load_tensors(d / DENOISER_FILE), "denoiser", d)
     if model.mean is not None:
         _load_into(model.mean, load_tensors(d / MEAN_FILE), "mean predictor", d)
     return model.to(device).eval()
+
+
+def attach_denoiser(model: LatentSR, directory: str | Path, device: str | torch.device = "cpu") -> LatentSR:
+    """Build and load the denoiser of a model loaded with ``denoiser=False`` (in place; returns the model)."""
+    from .model import build_denoiser
+
+    d = Path(directory)
+    ref = LatentSR.denoiser_shape(model.spec)
+    net = build_denoiser(model.spec.denoiser, *ref)
+    _load_into(net, load_tensors(d / DENOISER_FILE), "denoiser", d)
+    model.denoiser = net.to(device).eval()
+    return model
