@@ -236,9 +236,10 @@ def manifest_heldout(manifest: str, band_names: tuple[str, ...], scale: int, ope
 
 def evaluate_scenes(methods: dict[str, Callable[[], Any]], scenes: list[HeldoutScene], *, scale: int,
                     tile: int = 64, overlap: int = 16, operator: str = "average", seed: int = 0,
-                    log=print) -> dict[str, dict[str, dict[str, float]]]:
+                    log=print, opensr: bool = False) -> dict[str, dict[str, dict[str, float]]]:
     """Per method, per held-out scene: PSNR, SSIM, LR L1, high-frequency energy ratio, phase-aligned seam ratio
-    (at this tiling, so tile boundaries fall inside every scene), seconds. ``methods``: name -> factory."""
+    (at this tiling, so tile boundaries fall inside every scene), seconds; with ``opensr`` also opensr-test's
+    scores (:func:`geosr.metrics_opensr.opensr_scores`). ``methods``: name -> factory."""
     rows: dict[str, dict[str, dict[str, float]]] = {}
     for name, make in methods.items():
         up = make()
@@ -260,6 +261,10 @@ def evaluate_scenes(methods: dict[str, Callable[[], Any]], scenes: list[HeldoutS
                  "seam_ratio": float((seam[0] / seam[1]) / (seam[2] / seam[3])) if seam[1] and seam[3] and seam[2]
                  else float("nan"),
                  "seconds": secs}
+            if opensr:
+                from ..metrics_opensr import opensr_scores
+
+                r.update(opensr_scores(lowres, sr, truth))
             rows[name][sc.name] = r
             log(f"{name} | {sc.name}: " + " ".join(f"{k}={v:.4f}" for k, v in r.items()))
     return rows
@@ -273,6 +278,8 @@ def scenes_table(rows: dict[str, dict[str, dict[str, float]]], baseline: str | N
     head = "| scene | method | PSNR (dB) | SSIM | LR L1 | HF energy ratio | seam ratio | seam / bicubic's | s |"
     if baseline:
         head += f" ΔPSNR vs {baseline} | ΔSSIM |"
+    if any("opensr_improvement" in r for per in rows.values() for r in per.values()):
+        head += " opensr-test improvement / omission / hallucination |"
     lines = [head, "|" + " --- |" * 2 + " ---: |" * (head.count("|") - 3)]
     scenes = list(next(iter(rows.values())).keys()) if rows else []
     for sc in scenes:
@@ -285,6 +292,9 @@ def scenes_table(rows: dict[str, dict[str, dict[str, float]]], baseline: str | N
             if baseline:
                 b = rows[baseline][sc]
                 line += f" {r['psnr'] - b['psnr']:+.3f} | {r['ssim'] - b['ssim']:+.4f} |"
+            if "opensr_improvement" in r:
+                line += (f" {r['opensr_improvement']:.3f} / {r['opensr_omission']:.3f} / "
+                         f"{r['opensr_hallucination']:.3f} |")
             lines.append(line)
     return "\n".join(lines)
 

@@ -3,7 +3,7 @@
 Registered as ``ldm``. ``model.params`` (config) -> :func:`build` keywords:
 
 ``weights``      checkpoint directory (config.json + safetensors); default: the bundled model
-``steps``        sampler steps, 1..50 (default: the model's ``sampling`` defaults in config.json, else 2)
+``steps``        sampler steps, 1..100 (default: the model's ``sampling`` defaults in config.json, else 2)
 ``sampler``      ``dpmpp`` (DPM-Solver++) or ``ddim``
 ``eta``          0 (deterministic) .. 1 (stochastic; noise injected per step, position-keyed)
 ``keyed_noise``  true (seamless, default) / false (independent noise per tile, LDSR-S2 behaviour)

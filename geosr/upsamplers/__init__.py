@@ -23,7 +23,7 @@ def register(name: str, factory: Callable[..., Upsampler]) -> None:
 
 def _builtin_models() -> dict[str, str]:
     # name -> "module:factory"; imported only when asked for, so torch/diffusers load lazily
-    return {"ldm": "geosr.diffusion.upsampler:build"}
+    return {"ldm": "geosr.diffusion.upsampler:build", "ldsr": "geosr.diffusion.ldsr:build"}
 
 
 def _builtin_sampling() -> frozenset[str]:
