@@ -71,10 +71,23 @@ class StorageConfig(_Frozen):
         return v
 
 
+class StacInputConfig(_Frozen):
+    """How a STAC Item input (one COG per band, e.g. Sentinel-2 L2A) is stacked; see :mod:`geosr.io.stac_item`."""
+
+    resampling: Literal["none", "nearest", "bilinear", "cubic", "average"] = Field(
+        default="none", description="how bands coarser than the finest named one (20 m next to 10 m) are resampled "
+        "onto its grid; none: refuse such bands")
+    scl_mask: bool = Field(default=False, description="treat pixels whose Sentinel-2 scene classification (SCL) is "
+                           "in scl_classes as nodata")
+    scl_classes: tuple[int, ...] = Field(default=(0, 1, 3, 8, 9, 10), description="SCL classes masked: no data, "
+                                         "saturated/defective, cloud shadow, cloud medium/high probability, cirrus")
+
+
 class InputConfig(_Frozen):
     bands: tuple[int | str, ...] | None = Field(
-        default=None, description="1-based band indices or band descriptions, e.g. 3,2,1,4 or red,green,blue,nir; "
-        "default: all bands", json_schema_extra=flag("--bands", list=True))
+        default=None, description="1-based band indices or band descriptions (band names or asset keys of a STAC "
+        "Item input), e.g. 3,2,1,4 or red,green,blue,nir; default: all bands (a STAC Item: B04, B03, B02, B08)",
+        json_schema_extra=flag("--bands", list=True))
     preset: Literal["none", "sentinel2-l2a"] = Field(default="none", description="radiometric preset",
                                                      json_schema_extra=flag("--preset"))
     scale_factor: float | None = Field(default=None, description="reflectance = DN * scale_factor + add_offset")
@@ -83,6 +96,7 @@ class InputConfig(_Frozen):
         default=None, description="Sentinel-2 processing baseline, e.g. '05.10'; read from the file's tags if absent"
     )
     nodata: float | None = Field(default=None, description="override the file's nodata value")
+    stac: StacInputConfig = StacInputConfig()
 
     @field_validator("bands")
     @classmethod
@@ -252,6 +266,8 @@ class RunConfig(_Frozen):
         """Hash of everything that changes the output's bytes (not workers, storage, device, batch size or limits)."""
         d = self.model_dump(mode="json", exclude={"workers": True, "storage": True, "model": {"device", "batch_size"},
                                                   "output": {"max_size_gb"}})
+        if d["input"]["stac"] == StacInputConfig().model_dump(mode="json"):
+            del d["input"]["stac"]  # likewise for the STAC Item options at their defaults
         if not d["output"]["uncertainty_samples"]:
             # off (the default) leaves the hash of every configuration written before the option existed as it was
             del d["output"]["uncertainty_samples"]

@@ -186,6 +186,7 @@ def provenance(plan: ScenePlan, started: str, metrics: dict[str, Any]) -> dict[s
         "start_time": started,
         "end_time": datetime.now(timezone.utc).isoformat(),
         "metrics": metrics,
+        **({"source_item": plan.meta.stac} if plan.meta.stac else {}),  # a STAC Item input: the output Item links it
     }
 
 

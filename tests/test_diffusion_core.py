@@ -111,7 +111,7 @@ def test_sampler_rejects_bad_arguments():
     with pytest.raises(ConfigError):
         SAMPLERS["ddim"](lambda x, t: x, torch.zeros(1, 1, 2, 2), schedule=ScheduleSpec().scheduler_config(), steps=0)
     with pytest.raises(ConfigError):
-        SamplingOptions(steps=51)
+        SamplingOptions(steps=101)  # MAX_STEPS = 100 covers LDSR-S2's 100 DDIM steps
 
 
 # -- consistency -------------------------------------------------------------------------------------------

@@ -484,3 +484,77 @@ def test_mean_only_sampling_loads_no_denoiser_until_samples_are_asked_for(tmp_pa
     assert up.model.denoiser is not None and mean.shape == std.shape == out.shape and float(std.max()) > 0
     for k, v in m.denoiser.state_dict().items():
         assert torch.equal(up.model.denoiser.state_dict()[k], v)
+
+
+# -- any scale: read-outs and cascades of the x4 model; the input's noise level ------------------------------
+
+
+@pytest.mark.parametrize("scale", [2, 3, 4, 8, 12, 16])
+def test_any_scale_from_the_x4_model_reproduces_the_input(scale):
+    from geosr.diffusion.pipeline import scale_stages
+
+    m = _shared_trained_like(3)
+    lr = torch.from_numpy(_smooth(np.random.default_rng(scale), (1, 3, 6, 6)))
+    with torch.no_grad():
+        y = super_resolve(m, lr, np.zeros((1, 2), np.int64), options=SamplingOptions(diffusion=False), scale=scale)
+    assert y.shape == (1, 3, 6 * scale, 6 * scale)
+    assert float((torch.nn.functional.avg_pool2d(y, scale) - lr).abs().max()) < 2e-5
+    assert np.prod(scale_stages(4, scale)) == scale
+
+
+def test_read_out_is_the_area_average_of_the_x4_estimate_and_unsupported_scales_are_refused():
+    from geosr.diffusion.consistency import area_resample
+    from geosr.upsamplers import build_upsampler
+
+    m = _shared_trained_like(4)
+    lr = torch.from_numpy(_smooth(np.random.default_rng(5), (1, 2, 9, 9)))
+    org = np.zeros((1, 2), np.int64)
+    opts = SamplingOptions(diffusion=False)
+    with torch.no_grad():
+        y4 = super_resolve(m, lr, org, options=opts)
+        torch.testing.assert_close(super_resolve(m, lr, org, options=opts, scale=2),
+                                   torch.nn.functional.avg_pool2d(y4, 2), rtol=0, atol=1e-5)
+        y3 = area_resample(y4, 3, 4)
+    assert y3.shape[-1] == 27
+    torch.testing.assert_close(torch.nn.functional.avg_pool2d(y3, 3), lr, rtol=0, atol=1e-5)  # integrals kept
+    with pytest.raises(ConfigError, match="scale=5"):
+        super_resolve(m, lr, org, options=opts, scale=5)
+    with pytest.raises(ConfigError, match="tiling.scale=6"):
+        build_upsampler("ldm", scale=6, device="cpu", params={"diffusion": False})
+
+
+def test_noise_estimate_finds_white_noise_under_structure():
+    from geosr.diffusion.noise_estimate import noise_sigma
+
+    rng = np.random.default_rng(0)
+    clean = torch.from_numpy(_smooth(rng, (2, 3, 128, 128), sigma=3.0))
+    for sigma in (0.005, 0.01, 0.03):
+        noisy = clean + sigma * torch.from_numpy(rng.standard_normal(clean.shape).astype(np.float32))
+        est = noise_sigma(noisy)
+        assert est.shape == (2, 3)
+        assert float((est / sigma - 1).abs().max()) < 0.15, (sigma, est)
+    assert float(noise_sigma(clean).max()) < 0.002  # smooth structure is not mistaken for noise
+    with pytest.raises(ConfigError, match="noise_sigma"):
+        SamplingOptions(noise_sigma="loud")
+    m = _shared_trained_like(6)
+    x = (clean[:1] + 0.01 * torch.from_numpy(rng.standard_normal((1, 3, 128, 128)).astype(np.float32)))[..., :32, :32]
+    with torch.no_grad():
+        auto = super_resolve(m, x, np.zeros((1, 2), np.int64), options=SamplingOptions(diffusion=False, noise_sigma="auto"))
+        zero = super_resolve(m, x, np.zeros((1, 2), np.int64), options=SamplingOptions(diffusion=False))
+    assert float((auto - zero).abs().max()) > 1e-4  # the noise level reaches the network
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "dpmpp"])
+def test_projecting_every_step_keeps_the_measurement_without_a_final_projection(sampler):
+    """project_x0: every step's clean-latent estimate is projected onto the LR input, so even with the final
+    projection off the sample reproduces the input; without it, it does not."""
+    m = _shared_trained_like(7)
+    lr = torch.from_numpy(_smooth(np.random.default_rng(12), (1, 3, 10, 10)))
+    org = np.zeros((1, 2), np.int64)
+    err = {}
+    for px0 in (False, True):
+        opts = SamplingOptions(steps=3, sampler=sampler, eta=1.0, projection=False, project_x0=px0)
+        with torch.no_grad():
+            y = super_resolve(m, lr, org, options=opts)
+        err[px0] = float((torch.nn.functional.avg_pool2d(y, 4) - lr).abs().max())
+    assert err[True] < 1e-4 < err[False]

@@ -66,7 +66,7 @@ def test_store_on_s3_resumes_finalizes_and_reads_back(s3_bucket, fmt):
     assert ds.attrs["geosr"]["complete"] is True and ds.attrs["proj:code"] == "EPSG:32631"
 
     item = read_stac_item(uri, env)
-    assert item.assets["data"].href == uri and item.get_self_href() == stac_item_uri(uri)
+    assert item.assets["data"].get_absolute_href() == uri and item.get_self_href() == stac_item_uri(uri)
     assert item.properties["proj:code"] == "EPSG:32631"
 
 

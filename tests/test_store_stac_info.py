@@ -72,7 +72,7 @@ def test_stac_item_lies_beside_the_store_with_projection_fields(store):
     assert item.geometry["type"] == "Polygon" and ring[0] == ring[-1] and len(ring) > 5
     assert proj.centroid["lat"] == pytest.approx(45.147, abs=1e-3) and proj.centroid["lon"] == pytest.approx(15.0095, abs=1e-3)
     asset = item.assets["data"]
-    assert asset.href == str(store) and asset.media_type == "application/vnd+zarr" and asset.roles == ["data"]
+    assert asset.href == "./scene.zarr" and asset.get_absolute_href() == str(store) and asset.media_type == "application/vnd+zarr" and asset.roles == ["data"]
     assert [b["name"] for b in asset.extra_fields["bands"]] == ["B02", "B03", "B04"]
     assert item.properties["geosr:plan_hash"] == "plan-9" and item.properties["geosr:model"] == "bicubic"
     assert read_stac_item(str(store), ENV).to_dict() == item.to_dict()
@@ -84,15 +84,29 @@ def test_stac_item_validates_against_the_core_item_schema_offline(store):
     assert validate_dict(doc) == ["https://schemas.stacspec.org/v1.1.0/item-spec/json-schema/item.json"]
 
 
-def test_stac_item_validates_against_the_projection_extension_schema(store):
-    from pystac.validation.stac_validator import GetSchemaError
+def test_stac_item_validates_against_the_extension_schemas_offline(store):
+    """pystac validates the Item against the core, projection and raster schemas with no network: the extension
+    schemas ship with geosr. The bundled schemas do reject what their extensions forbid."""
+    from pystac.errors import STACValidationError
+
+    from geosr.store.stac import BUNDLED_SCHEMAS, offline_validator
 
     item = pystac.Item.from_file(str(store.parent / "scene.stac-item.json"))
-    try:
-        validated = item.validate()
-    except GetSchemaError:
-        pytest.skip("the projection extension schema is fetched from stac-extensions.github.io (offline here)")
-    assert any("projection" in s for s in validated)
+    validated = item.validate(validator=offline_validator())
+    assert set(BUNDLED_SCHEMAS) <= set(validated)
+    assert "https://schemas.stacspec.org/v1.1.0/item-spec/json-schema/item.json" in validated
+    doc = item.to_dict(include_self_link=False)
+    for path, bad in ((("properties", "proj:shape"), [520]), (("properties", "proj:centroid"), {"lat": 95, "lon": 0}),
+                      (("properties", "proj:transform"), [1.0, 0.0, 2.0, 0.0, -1.0]),
+                      (("assets", "data", "raster:bands"), [{"data_type": "uint17"}]),
+                      (("assets", "data", "raster:bands"), [{"spatial_resolution": 0}])):
+        broken = json.loads(json.dumps(doc))
+        target = broken
+        for k in path[:-1]:
+            target = target[k]
+        target[path[-1]] = bad
+        with pytest.raises(STACValidationError):
+            pystac.Item.from_dict(broken).validate(validator=offline_validator())
 
 
 def test_finalize_without_stac_writes_no_item(tmp_path):

@@ -42,6 +42,8 @@ def register(subparsers) -> None:
     p.add_argument("--no-seams", action="store_true", help="skip the seam run")
     p.add_argument("--seam-steps", type=int, nargs="*", default=[4],
                    help="extra stochastic seam runs (DDIM, eta=1) at these step counts, keyed vs independent noise")
+    p.add_argument("--opensr", action="store_true", help="--manifest: also opensr-test's consistency, synthesis "
+                   "and correctness (improvement/omission/hallucination) scores (geosr/metrics_opensr.py)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--json", default=None, help="write the results here as JSON")
@@ -157,7 +159,7 @@ def _run_manifest(args: argparse.Namespace) -> int:
                                                                      diffusion=True)
     tile = args.scene_tile
     rows = evaluate_scenes(methods, scenes, scale=s, tile=tile, overlap=args.scene_overlap, operator=args.operator,
-                           seed=args.seed)
+                           seed=args.seed, opensr=args.opensr)
     print(scenes_table(rows, baseline="lanczos+bp"))
     print()
     print(summary_table(rows, "ldm", "lanczos+bp", tuple(k for k in methods if k.startswith("ldm "))))

@@ -48,7 +48,8 @@ def add_source_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--collection", help="STAC collection (and the output sub-folder)")
     g.add_argument("--bbox", help="west,south,east,north in degrees")
     g.add_argument("--max-cloud-cover", type=float, help="eo:cloud_cover at most this (STAC sources)")
-    g.add_argument("--asset", help="STAC asset key (default: the first GeoTIFF data asset)")
+    g.add_argument("--asset", help="STAC asset key, or 'item' for the Item's bands stacked (default: the Item when "
+                   "it has one COG per band, as Sentinel-2 L2A does, else its first GeoTIFF data asset)")
     g.add_argument("--limit", type=int, help="at most this many scenes")
 
 

@@ -107,3 +107,30 @@ def project_blended(hr: "np.ndarray", lowres: "np.ndarray", scale: int, operator
     view = out.reshape(out.shape[0], corr.shape[1], scale, corr.shape[2], scale)
     view += corr[:, :, None, :, None]  # broadcast each low-res correction over its footprint, in place
     return out
+
+
+@lru_cache(maxsize=32)
+def _area_matrix(n_in: int, num: int, den: int) -> tuple[tuple[float, ...], ...]:
+    """(n_in*num/den, n_in) exact area-average weights from a grid of ``n_in`` cells to one ``den/num`` times
+    coarser (each output cell averages the input cells it overlaps, by overlap length)."""
+    n_out = n_in * num // den
+    rows = []
+    for i in range(n_out):
+        a, b = i * den / num, (i + 1) * den / num  # the output cell in input-cell units
+        row = [0.0] * n_in
+        for k in range(int(math.floor(a)), min(n_in, int(math.ceil(b)))):
+            row[k] = (min(b, k + 1) - max(a, k)) * num / den
+        rows.append(tuple(row))
+    return tuple(rows)
+
+
+def area_resample(x: torch.Tensor, num: int, den: int) -> torch.Tensor:
+    """(B, C, H, W) -> (B, C, H*num/den, W*num/den), ``num < den``: every output pixel the exact area average of
+    the input it covers. Integrals are kept, so an image that reproduces a low-res input under the block
+    average keeps reproducing it at the coarser output (for ``den/num`` = 2 it is the 2x2 block mean)."""
+    h, w = x.shape[-2:]
+    if (h * num) % den or (w * num) % den:
+        raise ConfigError(f"area_resample: {h}x{w} is not divisible by {den}/{num}")
+    my = torch.tensor(_area_matrix(h, num, den), dtype=x.dtype, device=x.device)
+    mx = torch.tensor(_area_matrix(w, num, den), dtype=x.dtype, device=x.device)
+    return torch.einsum("yh,bchw,xw->bcyx", my, x, mx)

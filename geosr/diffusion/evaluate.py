@@ -194,14 +194,14 @@ class HeldoutScene:
 
 def manifest_heldout(manifest: str, band_names: tuple[str, ...], scale: int, operator: str = "average",
                      max_side: int = 0) -> list[HeldoutScene]:
-    """The corpus' held-out scenes (whole files never used in training) as (lowres, truth) pairs in the model's
-    band order. A band a scene lacks (nir of an RGB camera) is filled as in training and left out of the
-    metrics."""
+    """The corpus' held-out scenes (whole files never used in training) as (lowres, truth) pairs: for a fixed-band
+    model in its band order (a band a scene lacks, nir of an RGB camera, is filled as in training and left out
+    of the metrics); for a band-shared model (``band_names`` empty) with the scene's own bands."""
     from .data import manifest_scenes, read_scene
 
     out = []
     for sc in manifest_scenes(manifest, "heldout"):
-        img, have = read_scene(sc, band_names)
+        img, have = read_scene(sc, tuple(band_names) or None)
         if max_side:
             img = img[:, :max_side, :max_side]
         h, w = (img.shape[1] // scale) * scale, (img.shape[2] // scale) * scale
@@ -215,9 +215,10 @@ def manifest_heldout(manifest: str, band_names: tuple[str, ...], scale: int, ope
 
 def evaluate_scenes(methods: dict[str, Callable[[], Any]], scenes: list[HeldoutScene], *, scale: int,
                     tile: int = 64, overlap: int = 16, operator: str = "average", seed: int = 0,
-                    log=print) -> dict[str, dict[str, dict[str, float]]]:
+                    log=print, opensr: bool = False) -> dict[str, dict[str, dict[str, float]]]:
     """Per method, per held-out scene: PSNR, SSIM, LR L1, high-frequency energy ratio, phase-aligned seam ratio
-    (at this tiling, so tile boundaries fall inside every scene), seconds. ``methods``: name -> factory."""
+    (at this tiling, so tile boundaries fall inside every scene), seconds; with ``opensr`` also opensr-test's
+    scores (:func:`geosr.metrics_opensr.opensr_scores`). ``methods``: name -> factory."""
     rows: dict[str, dict[str, dict[str, float]]] = {}
     for name, make in methods.items():
         up = make()
@@ -237,6 +238,10 @@ def evaluate_scenes(methods: dict[str, Callable[[], Any]], scenes: list[HeldoutS
                  "seam_ratio": float((seam[0] / seam[1]) / (seam[2] / seam[3])) if seam[1] and seam[3] and seam[2]
                  else float("nan"),
                  "seconds": secs}
+            if opensr:
+                from ..metrics_opensr import opensr_scores
+
+                r.update(opensr_scores(lowres, sr, truth))
             rows[name][sc.name] = r
             log(f"{name} | {sc.name}: " + " ".join(f"{k}={v:.4f}" for k, v in r.items()))
     return rows
@@ -250,6 +255,8 @@ def scenes_table(rows: dict[str, dict[str, dict[str, float]]], baseline: str | N
     head = "| scene | method | PSNR (dB) | SSIM | LR L1 | HF energy ratio | seam ratio | seam / bicubic's | s |"
     if baseline:
         head += f" ΔPSNR vs {baseline} | ΔSSIM |"
+    if any("opensr_improvement" in r for per in rows.values() for r in per.values()):
+        head += " opensr-test improvement / omission / hallucination |"
     lines = [head, "|" + " --- |" * 2 + " ---: |" * (head.count("|") - 3)]
     scenes = list(next(iter(rows.values())).keys()) if rows else []
     for sc in scenes:
@@ -262,6 +269,9 @@ def scenes_table(rows: dict[str, dict[str, dict[str, float]]], baseline: str | N
             if baseline:
                 b = rows[baseline][sc]
                 line += f" {r['psnr'] - b['psnr']:+.3f} | {r['ssim'] - b['ssim']:+.4f} |"
+            if "opensr_improvement" in r:
+                line += (f" {r['opensr_improvement']:.3f} / {r['opensr_omission']:.3f} / "
+                         f"{r['opensr_hallucination']:.3f} |")
             lines.append(line)
     return "\n".join(lines)
 

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError
-from .consistency import OPERATORS, project
+from .consistency import OPERATORS, area_resample, project
 from .mean import ENSEMBLES
 from .model import LatentSR
 from .noise import keyed_noise, sample_seed, tile_coords
@@ -45,7 +45,10 @@ class SamplingOptions:
     diffusion: bool = True  # False: the mean predictor's estimate alone (an ablation; no denoiser, no noise)
     dtype: str = "auto"  # auto (bf16 autocast on CUDA, float32 on CPU), float32, bfloat16, float16
     ensemble: int = 1  # mean predictor averaged over 1, 2, 4 or 8 flips/rotations (geometric self-ensemble)
-    noise_sigma: float = 0.0  # the input's noise std (reflectance), told to band-shared models (0: clean)
+    project_x0: bool = False  # keep the measurement inside sampling: project every step's predicted clean
+    #                           latent onto the LR input (shuffle latents), not only the final image
+    noise_sigma: float | str = 0.0  # the input's noise std (reflectance) told to band-shared models (0: clean;
+    #                                 "auto": estimated per tile and band, geosr.diffusion.noise_estimate)
 
     def __post_init__(self) -> None:
         get_sampler(self.sampler)
@@ -61,8 +64,10 @@ class SamplingOptions:
             raise ConfigError("projection_iterations must be >= 0")
         if self.ensemble not in ENSEMBLES:
             raise ConfigError(f"ensemble={self.ensemble}: choose one of {', '.join(map(str, ENSEMBLES))}")
-        if not 0.0 <= float(self.noise_sigma) < 1.0:
-            raise ConfigError(f"noise_sigma={self.noise_sigma}: the input noise std in reflectance, 0 <= sigma < 1")
+        if self.noise_sigma != "auto" and not (isinstance(self.noise_sigma, (int, float))
+                                                and 0.0 <= float(self.noise_sigma) < 1.0):
+            raise ConfigError(f"noise_sigma={self.noise_sigma!r}: the input noise std in reflectance (0 <= sigma < 1) "
+                              "or auto")
 
     def autocast_dtype(self, device: torch.device) -> torch.dtype | None:
         if device.type != "cuda" or self.dtype == "float32":
@@ -95,6 +100,36 @@ def fused(model, rows: torch.Tensor, cols: torch.Tensor):
     return call
 
 
+def x0_projected(model, spec, device):
+    """Wrap a denoiser so that the clean latent it implies at every step is projected onto the measurement
+    (measurement-consistent sampling, as in DPS/InverseSR's projection variant, but exact): with a residual
+    target over a base that already reproduces the input, and the lossless space-to-depth latent, the
+    consistent residuals are exactly those whose ``scale x scale`` sub-pixels average to zero in every band, so
+    the projection subtracts each band's mean over its ``factor**2`` latent channels. The model output is
+    rewritten to the v (or epsilon) that yields the projected clean latent."""
+    ae = spec.autoencoder
+    if ae.kind != "shuffle" or ae.factor != spec.scale or getattr(spec, "target", "residual") != "residual":
+        raise ConfigError("project_x0 needs a residual model with the space-to-depth latent (autoencoder.kind: "
+                          "shuffle, factor = scale)")
+    from diffusers import DDPMScheduler
+
+    ac = DDPMScheduler(**spec.schedule.scheduler_config()).alphas_cumprod.to(device)
+    per = ae.factor ** 2
+    v_pred = spec.schedule.prediction_type == "v_prediction"
+
+    def call(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        out = model(x, t)
+        a = ac[t].sqrt().view(-1, 1, 1, 1).to(x.dtype)
+        sg = (1 - ac[t]).sqrt().view(-1, 1, 1, 1).to(x.dtype)
+        x0 = a * x - sg * out if v_pred else (x - sg * out) / a.clamp_min(1e-6)
+        b, cl, h, w = x0.shape
+        z = x0.reshape(b, cl // per, per, h, w)
+        x0p = (z - z.mean(dim=2, keepdim=True)).reshape(b, cl, h, w)
+        return (a * x - x0p) / sg.clamp_min(1e-6) if v_pred else (x - a * x0p) / sg.clamp_min(1e-6)
+
+    return call
+
+
 def _pad_to(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, int]]:
     h, w = x.shape[-2:]
     ph, pw = (-h) % multiple, (-w) % multiple
@@ -104,17 +139,64 @@ def _pad_to(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, in
     return F.pad(x, (0, pw, 0, ph), mode=mode), (ph, pw)
 
 
+def scale_stages(model_scale: int, scale: int) -> list[int]:
+    """How a x``model_scale`` model makes x``scale``: a list of stage factors, run in order on the previous
+    stage's output. A factor ``r`` below the model's (a *read-out*) is the model's x``model_scale`` output
+    area-averaged to x``r``: under the block-average sensor model the conditional mean at x``r`` is exactly that
+    average of the conditional mean at x``model_scale``. Products of the model's scale are *cascades*: the
+    read-out first (on the smallest image), then full stages. x4 model: 2, 3, 4, 8, 12, 16, ..."""
+    got = _stages(model_scale, scale)
+    if got is None:
+        raise ConfigError(f"scale={scale}: the x{model_scale} model makes x2..x{model_scale} and products of "
+                          f"x{model_scale} with them (e.g. {', '.join(map(str, supported_scales(model_scale)))})")
+    return got
+
+
+def _stages(m: int, scale: int) -> list[int] | None:
+    s, full = int(scale), 0
+    if s < 1:
+        return None
+    while s % m == 0 and s > 1:
+        s //= m
+        full += 1
+    if s != 1 and not 1 < s < m:
+        return None
+    return ([s] if s > 1 else []) + [m] * full
+
+
+def supported_scales(model_scale: int, limit: int = 16) -> list[int]:
+    """The scales up to ``limit`` a x``model_scale`` model makes (:func:`scale_stages`)."""
+    return [s for s in range(2, limit + 1) if _stages(model_scale, s) is not None]
+
+
 @torch.no_grad()
 def super_resolve(model: LatentSR, lowres: torch.Tensor, origins: np.ndarray, *, seed: int = 0, sample: int = 0,
-                  options: SamplingOptions = SamplingOptions(), generator: torch.Generator | None = None
-                  ) -> torch.Tensor:
-    """(B, C, h, w) float32 low-res reflectance on the model's device -> (B, C, s*h, s*w) float32.
+                  options: SamplingOptions = SamplingOptions(), generator: torch.Generator | None = None,
+                  scale: int | None = None) -> torch.Tensor:
+    """(B, C, h, w) float32 low-res reflectance on the model's device -> (B, C, s*h, s*w) float32, ``s`` the
+    model's scale or ``scale`` (:func:`scale_stages`: read-outs and cascades; every stage is projected onto its
+    own input, so the result reproduces ``lowres``). ``origins`` are in ``lowres`` pixels; each stage's noise is
+    keyed on its own grid and stage."""
+    m = model.spec.scale
+    y, org = lowres.float(), np.asarray(origins, dtype=np.int64)
+    for k, f in enumerate(scale_stages(m, scale or m)):
+        x = y
+        y = _stage(model, x, org, seed, sample + 1_000_003 * k, options, generator)
+        if f != m:
+            y = project(area_resample(y, f, m), x, f, "average", 0)
+        org = org * f
+    return y
 
-    A band-shared model runs on each tile normalised per band (:meth:`LatentSR.tile_stats`) and its result is
-    mapped back; every step (interpolation, projections, the networks' residuals) commutes with that map."""
+
+def _stage(model: LatentSR, lowres: torch.Tensor, origins: np.ndarray, seed: int, sample: int,
+           options: SamplingOptions, generator: torch.Generator | None) -> torch.Tensor:
+    """One x(model scale) pass. A band-shared model runs on each tile normalised per band
+    (:meth:`LatentSR.tile_stats`) and its result is mapped back; every step (interpolation, projections, the
+    networks' residuals) commutes with that map."""
+    from .noise_estimate import noise_sigma
+
     spec = model.spec
     dev = lowres.device
-    lowres = lowres.float()
     b, c, h, w = lowres.shape
     if not spec.band_shared and c != spec.bands:
         raise ConfigError(f"the model takes {spec.bands} bands; the input has {c}")
@@ -122,8 +204,12 @@ def super_resolve(model: LatentSR, lowres: torch.Tensor, origins: np.ndarray, *,
     if stats is None:
         return _super_resolve(model, lowres, origins, None, seed, sample, options, generator)
     mu, sd = stats
-    noise = (torch.full((b, c), float(options.noise_sigma), device=dev) / sd[:, :, 0, 0]) \
-        if options.noise_sigma else None
+    if options.noise_sigma == "auto":
+        noise = noise_sigma(lowres) / sd[:, :, 0, 0]
+    elif options.noise_sigma:
+        noise = torch.full((b, c), float(options.noise_sigma), device=dev) / sd[:, :, 0, 0]
+    else:
+        noise = None
     out = _super_resolve(model, (lowres - mu) / sd, origins, noise, seed, sample, options, generator)
     return out * sd + mu
 
@@ -140,8 +226,11 @@ def _super_resolve(model: LatentSR, lowres: torch.Tensor, origins: np.ndarray, n
     if not options.diffusion:
         if base is None:
             raise ConfigError("diffusion=false needs a residual model (the base is its estimate without diffusion)")
-        return project(base, lowres, s, options.operator, options.projection_iterations) if options.projection \
-            else base
+        # the base already reproduces the input exactly under the block average (its last step is the exact
+        # projection); another operator asks for its own projection
+        if options.projection and options.operator != "average":
+            return project(base, lowres, s, options.operator, options.projection_iterations)
+        return base
     f = spec.latent_per_lowres
     lh, lw = h * f, w * f
     cond = model.condition(lowres, (lh, lw), base, noise) if model.shared else model.condition(lowres, (lh, lw), base)
@@ -164,6 +253,8 @@ def _super_resolve(model: LatentSR, lowres: torch.Tensor, origins: np.ndarray, n
         return out[..., : x_t.shape[-2], : x_t.shape[-1]].float()
 
     fn = fused(denoise, rows, cols) if (options.fuse and b > 1) else denoise
+    if options.project_x0:
+        fn = x0_projected(fn, spec, dev)
     z0 = get_sampler(options.sampler)(fn, x, schedule=spec.schedule.scheduler_config(), steps=options.steps,
                                       noise=noise, eta=options.eta)
     with torch.autocast(dev.type, dtype=amp, enabled=amp is not None):

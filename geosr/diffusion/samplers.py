@@ -25,7 +25,8 @@ from ..errors import ConfigError
 Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Noise = Callable[[int], torch.Tensor]
 
-MAX_STEPS = 50
+MAX_STEPS = 100
+"""LDSR-S2's own sampling takes 100 DDIM steps (opensr-model's default)."""
 
 
 def _check_steps(steps: int) -> None:

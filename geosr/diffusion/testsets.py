@@ -129,3 +129,11 @@ def images_table(res: dict[str, dict[str, Any]], baseline: str = "lanczos+bp", a
         da = f"{r['psnr'] - a['psnr']:+.3f}" if a else ""
         lines.append(f"| {name} | {r['psnr']:.3f} | {r['ssim']:.4f} | {dp} | {ds} | {da} |")
     return "\n".join(lines)
+
+
+def upsample_image(up, lowres: np.ndarray, tile: int = 64, overlap: int = 16, seed: int = 0) -> np.ndarray:
+    """One (C, h, w) image super-resolved on the global tile grid with blending and, for models that keep the
+    measurement, the block re-projection — the engine's tile, blend and projection steps."""
+    from .evaluate import upsample_image as production_path
+
+    return production_path(up, lowres, scale=up.scale, tile=tile, overlap=overlap, seed=seed)

@@ -3,7 +3,7 @@
 Registered as ``ldm``. ``model.params`` (config) -> :func:`build` keywords:
 
 ``weights``      checkpoint directory (config.json + safetensors); default: the bundled model
-``steps``        sampler steps, 1..50 (default: the model's ``sampling`` defaults in config.json, else 2)
+``steps``        sampler steps, 1..100 (default: the model's ``sampling`` defaults in config.json, else 2)
 ``sampler``      ``dpmpp`` (DPM-Solver++) or ``ddim``
 ``eta``          0 (deterministic) .. 1 (stochastic; noise injected per step, position-keyed)
 ``keyed_noise``  true (seamless, default) / false (independent noise per tile, LDSR-S2 behaviour)
@@ -45,11 +45,15 @@ class LatentDiffusionUpsampler:
                  options: SamplingOptions = SamplingOptions(), weights: str = "bundled",
                  channels_last: bool = True, compile: bool = False) -> None:
         spec = model.spec
-        if scale != spec.scale:
-            raise ConfigError(f"tiling.scale={scale} but the model at {weights} upsamples x{spec.scale}; "
-                              f"set tiling.scale: {spec.scale}")
+        from .pipeline import scale_stages, supported_scales
+
+        try:
+            scale_stages(spec.scale, scale)
+        except ConfigError:
+            raise ConfigError(f"tiling.scale={scale}: the model at {weights} makes x{spec.scale} and, by read-out "
+                              f"and cascade, x{', x'.join(map(str, supported_scales(spec.scale)))}") from None
         self.name = NAME
-        self.scale = spec.scale
+        self.scale = int(scale)
         self.bands = spec.bands or None  # None: any band count (band-shared model)
         self.batch_size = int(batch_size)
         self.device = device
@@ -100,7 +104,7 @@ class LatentDiffusionUpsampler:
             lr = torch.from_numpy(px).to(dev)
             try:
                 y = super_resolve(self.model, lr, batch.origins[i : i + step], seed=batch.seed,
-                                  sample=sample, options=opts, generator=gen)
+                                  sample=sample, options=opts, generator=gen, scale=self.scale)
             except torch.OutOfMemoryError as e:
                 raise ModelError(f"out of GPU memory at batch_size={self.batch_size}; lower model.batch_size") from e
             outs.append(y.float().cpu().numpy())

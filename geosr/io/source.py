@@ -20,7 +20,7 @@ import operator
 import os
 import stat
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +63,8 @@ class SourceMeta:
     scale_factor: float
     add_offset: float
     checksum: str
+    stac: dict[str, Any] | None = field(default=None, compare=False, hash=False)
+    """For a STAC Item input: what the output's STAC Item says about it (:func:`~geosr.io.stac_item.source_item_summary`)."""
 
     @property
     def count(self) -> int:
@@ -326,9 +328,14 @@ def open_source(uri: str, cfg: InputConfig, env: StorageEnv) -> GdalSource:
     """Open ``uri`` (local path, ``file://`` or ``s3://``) for windowed reading; raise typed errors.
 
     Reads only the file's header, its block index and two pixels; checksums a local file (sha256 up
-    to 2 GiB) or takes an object's ETag.
+    to 2 GiB) or takes an object's ETag. A STAC Item (``.json``, or an http(s) URL) opens as the stack of the
+    bands ``cfg`` names (:mod:`geosr.io.stac_item`), with the same interface.
     """
     uri = str(uri)
+    from .stac_item import is_stac_item_uri, open_stac_item
+
+    if is_stac_item_uri(uri):
+        return open_stac_item(uri, cfg, env)  # type: ignore[return-value]
     located = _locate(uri, env)
     session = rasterio_session(uri, env)
     with rasterio_env(uri, env, session):

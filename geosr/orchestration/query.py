@@ -41,7 +41,8 @@ class SceneQuery:
     bbox: BBox | None = None
     datetime: str | None = None  # "2024-01-01/2024-02-01", "2024-01-01/..", "../2024-02-01", "2024-01-05"
     max_cloud_cover: float | None = None
-    asset: str | None = None  # STAC asset key; default: the first GeoTIFF data asset
+    asset: str | None = None  # STAC asset key, or "item": the Item itself (stacked bands); default: the Item when it
+    # has one COG per band, else its first GeoTIFF data asset
     limit: int | None = None
 
     def resolved_kind(self) -> SourceKind:

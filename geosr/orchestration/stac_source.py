@@ -101,16 +101,27 @@ def _pick_asset(item: Any, key: str | None) -> Any | None:
 
 
 def _item_ref(item: Any, q: SceneQuery, base: str | None) -> SceneRef | None:
-    asset = _pick_asset(item, q.asset)
-    if asset is None:
-        log.warning("STAC item %s has no %s; skipping it", item.id,
-                    f"asset {q.asset!r}" if q.asset else "GeoTIFF data asset (set asset= to choose one)")
-        return None
-    href = asset.href
-    if base is not None and not item.get_self_href():
-        href = resolve_href(base, href)
-    elif item.get_self_href() and "://" not in href and not href.startswith("/"):
-        href = resolve_href(item.get_self_href(), href)
+    from ..io.stac_item import is_per_band_item
+
+    if q.asset == "item" or (q.asset is None and is_per_band_item(item)):
+        # one COG per band (Sentinel-2 L2A on Earth Search, the Planetary Computer): the scene is the Item itself,
+        # stacked by geosr.io.stac_item from the bands the config names
+        href = item.get_self_href()
+        if not href:
+            log.warning("STAC item %s publishes one COG per band but has no self link to read it from; skipping "
+                        "it (give the Item a rel=self link, or set asset= to read one asset)", item.id)
+            return None
+    else:
+        asset = _pick_asset(item, q.asset)
+        if asset is None:
+            log.warning("STAC item %s has no %s; skipping it", item.id,
+                        f"asset {q.asset!r}" if q.asset else "GeoTIFF data asset (set asset= to choose one)")
+            return None
+        href = asset.href
+        if base is not None and not item.get_self_href():
+            href = resolve_href(base, href)
+        elif item.get_self_href() and "://" not in href and not href.startswith("/"):
+            href = resolve_href(item.get_self_href(), href)
     lo, _ = _item_span(item)
     cc = item.properties.get("eo:cloud_cover")
     bbox = tuple(float(v) for v in item.bbox[:4]) if item.bbox and len(item.bbox) >= 4 else None

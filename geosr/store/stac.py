@@ -1,5 +1,12 @@
 """The STAC Item written beside a finished store (``.../scene.zarr`` -> ``.../scene.stac-item.json``).
 
+Its hrefs resolve from the Item's own location: the ``data`` asset is ``./scene.zarr`` (the store lies beside the
+Item), and a ``derived_from`` link points at the source STAC Item when the input was one (relative when both are
+local files, else the source's absolute URL). ``gsd`` is the output's pixel size; ``platform``, ``constellation``
+and ``instruments`` come from the source Item when it has them, and so does ``datetime`` unless the run gives one.
+``offline_validator()`` validates an Item with pystac without network access: the core schemas ship with pystac,
+the projection and raster extension schemas with geosr (``geosr/data/stac-schemas``).
+
 The Item carries the projection extension (``proj:code``, ``proj:wkt2``, ``proj:shape``,
 ``proj:transform``, ``proj:bbox``, ``proj:centroid``), a bbox and footprint in EPSG:4326 (edges
 densified, so a projected rectangle's curved outline is followed), and one ``data`` asset pointing at
@@ -65,10 +72,15 @@ def build_stac_item(uri: str, spec: OutputSpec, provenance: dict[str, Any] | Non
     """The Item describing store ``uri``. Its datetime is ``provenance["datetime"]`` (the acquisition
     time, ISO 8601) when given, else ``when`` (default: now, UTC)."""
     prov = provenance or {}
+    source = prov.get("source_item") if isinstance(prov.get("source_item"), dict) else {}
     now = when or datetime.now(timezone.utc)
-    dt = _parse_datetime(prov.get("datetime")) or now
+    dt = _parse_datetime(prov.get("datetime")) or _parse_datetime(source.get("datetime")) or now
     box, geom = footprint(spec)
-    props: dict[str, Any] = {"created": now.isoformat()}
+    props: dict[str, Any] = {"created": now.isoformat(),
+                             "gsd": float(min(abs(spec.transform[0]), abs(spec.transform[4])))}
+    for key in ("platform", "constellation", "instruments"):
+        if source.get(key):
+            props[key] = source[key]
     for key, name in (("plan_hash", "geosr:plan_hash"), ("geosr_version", "geosr:version"),
                       ("input_uri", "geosr:input"), ("config_hash", "geosr:config_hash")):
         if prov.get(key) is not None:
@@ -92,8 +104,11 @@ def build_stac_item(uri: str, spec: OutputSpec, provenance: dict[str, Any] | Non
     )
     nd = nodata(spec.dtype)
     nd_json = nd if nd == nd else "nan"  # JSON has no NaN; STAC spells it "nan"
+    if source.get("href"):
+        item.add_link(pystac.Link("derived_from", _relative_href(str(source["href"]), stac_item_uri(uri)),
+                                  media_type=pystac.MediaType.GEOJSON, title=f"source STAC Item {source.get('id')}"))
     asset = pystac.Asset(
-        href=str(uri).rstrip("/"),
+        href="./" + str(uri).rstrip("/").rsplit("/", 1)[-1],
         media_type=ZARR_MEDIA_TYPE,
         roles=["data"],
         title=f"super-resolved {spec.variable} (Zarr v{spec.zarr_format})",
@@ -129,6 +144,38 @@ def read_stac_item(uri: str, env: StorageEnv) -> pystac.Item | None:
     item = pystac.Item.from_dict(json.loads(data))
     item.set_self_href(loc.uri)
     return item
+
+
+def _relative_href(target: str, item_uri: str) -> str:
+    """``target`` as seen from the Item at ``item_uri``: a relative path when both are local files, else absolute."""
+    import os
+
+    if "://" in target or "://" in item_uri:
+        return target
+    base = os.path.dirname(os.path.abspath(item_uri))
+    return os.path.relpath(os.path.abspath(target), base).replace(os.sep, "/")
+
+
+STAC_SCHEMA_DIR = "data/stac-schemas"
+BUNDLED_SCHEMAS = {
+    "https://stac-extensions.github.io/projection/v2.0.0/schema.json": "projection-v2.0.0.json",
+    "https://stac-extensions.github.io/raster/v1.1.0/schema.json": "raster-v1.1.0.json",
+}
+"""Extension schema URI -> geosr's offline copy (package data), for :func:`offline_validator`."""
+
+
+def offline_validator() -> Any:
+    """A pystac validator that needs no network for geosr's Items: pystac's own core schemas plus the bundled
+    projection and raster extension schemas. Use it as ``item.validate(validator=offline_validator())``."""
+    from importlib.resources import files
+
+    from pystac.validation import JsonSchemaSTACValidator
+
+    v = JsonSchemaSTACValidator()
+    root = files("geosr").joinpath(STAC_SCHEMA_DIR)
+    for uri, name in BUNDLED_SCHEMAS.items():
+        v.schema_cache[uri] = json.loads(root.joinpath(name).read_text())
+    return v
 
 
 def _centroid(spec: OutputSpec, x: float, y: float) -> dict[str, float]:

@@ -23,7 +23,8 @@ def register(name: str, factory: Callable[..., Upsampler]) -> None:
 
 # name -> ("module:factory", whether its upsampler draws samples); imported only when asked for, so
 # torch/diffusers load lazily (and the abilities of a built-in model are known without importing it)
-_BUILTIN: dict[str, tuple[str, bool]] = {"ldm": ("geosr.diffusion.upsampler:build", True)}
+_BUILTIN: dict[str, tuple[str, bool]] = {"ldm": ("geosr.diffusion.upsampler:build", True),
+                                         "ldsr": ("geosr.diffusion.ldsr:build", False)}
 
 
 def _builtin_models() -> dict[str, str]:

@@ -11,7 +11,7 @@ gives ``ref + 0.0`` exactly (the differences are exact zeros), i.e. the window's
 is a product of a row set and a column set (the margins are per axis), so the rest is a few thin strips
 along tile edges, which are blended from the parts of their tiles that reach them, exactly as the tiled
 path blends them (same tiles, weights, order and arithmetic). The result is the tiled path's bytes for
-any block (``tests/test_separable.py`` checks byte identity and partition invariance) at about 1.1x the
+any block (``tests/test_window_path.py`` checks byte identity and partition invariance) at about 1.1x the
 block's pixels instead of 1.6x, with no per-tile Python loop over most of the block.
 
 It applies when the block's window has no nodata and only finite values (fill-per-tile and non-finite
