@@ -39,8 +39,11 @@ class LdmParams(BaseModel):
     diffusion: bool | None = Field(default=None, description="false: the mean predictor's estimate alone")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] | None = None
     ensemble: Literal[1, 2, 4, 8] | None = Field(default=None, description="geometric self-ensemble of the mean")
-    noise_sigma: float | None = Field(default=None, ge=0.0, description="the input's noise std (reflectance), told "
-                                      "to band-shared models (0: clean)")
+    project_x0: bool | None = Field(default=None, description="keep the measurement inside sampling: project every "
+                                    "step's predicted clean image")
+    noise_sigma: float | Literal["auto"] | None = Field(
+        default=None, description="the input's noise std (reflectance), told to band-shared models (0: clean; auto: "
+        "estimated per tile and band)")
     channels_last: bool | None = Field(default=None, description="CUDA speed option")
     compile: bool | None = Field(default=None, description="CUDA speed option (torch.compile)")
 
