@@ -30,6 +30,7 @@ def main(argv: list[str] | tuple[str, ...] = ()) -> int:
     p.add_argument("--weights", default=None, help="model directory (default: the bundled model)")
     p.add_argument("--device", default=None, help="default: cuda when visible, else cpu")
     p.add_argument("--quick", action="store_true", help="2 tiles of 32 px, no self-ensemble (a logic check)")
+    p.add_argument("--json", default=None, help="also write the result line to this file")
     a = p.parse_args(list(argv))
     dev = a.device or ("cuda" if torch.cuda.is_available() else "cpu")
     weights = Path(a.weights) if a.weights else bundled_dir()
@@ -65,6 +66,8 @@ def main(argv: list[str] | tuple[str, ...] = ()) -> int:
             results[key]["vs_cpu_max_abs"] = float(np.abs(first - ref).max())
     out.update(results)
     print(json.dumps(out))
+    if a.json:
+        Path(a.json).write_text(json.dumps(out) + "\n")
     ok = all(v["lr_l1_max"] < 1e-4 and v[f"batch{n}_vs_small_max_abs"] < 1e-2 for v in results.values())
     return 0 if ok else 1
 

@@ -67,11 +67,16 @@ step() {
   return $rc
 }
 
-echo "geosr GPU session $(date -u +%FT%TZ) on $(hostname): $(git -C "$REPO" log -1 --format='%h %s' 2>/dev/null | cut -c1-80)"
+echo "geosr GPU session $(date -u +%FT%TZ) on $(hostname 2>/dev/null): $(git -C "$REPO" log -1 --format='%h %s' 2>/dev/null | cut -c1-80)"
 shopt -s nullglob
 wheels=("$WHL"/*.whl)
 if [ ${#wheels[@]} -eq 0 ]; then
   echo "gpu_session: no wheels in $WHL: run 'bash bench/gpu_wheelhouse.sh' where PyPI is reachable, and carry .whl" >&2
+  exit 1
+fi
+if ! "$PY" -c "import lzma" 2>/dev/null; then
+  echo "gpu_session: $PY has no lzma module, and the wheels are LZMA-repacked (bench/gpu_wheels.py): use a Python" \
+       "built with lzma" >&2
   exit 1
 fi
 rm -rf "$SITE" && mkdir -p "$SITE" "$WORK"
@@ -97,17 +102,16 @@ print('torch', torch.__version__, '| cuda', c, '|', torch.cuda.get_device_name(0
 
 CHECK=()
 [ "$DRY" = 1 ] && CHECK=(--quick --device cpu)
-step gpu-check 120 bash -c '"$@" > "'"$OUT"'/check.json.tmp"; rc=$?; cat "'"$OUT"'/check.json.tmp"
-  tail -1 "'"$OUT"'/check.json.tmp" > "'"$OUT"'/check.json"; rm -f "'"$OUT"'/check.json.tmp"; exit $rc' _ \
-  "$PY" bench/gpu_check.py "${WARGS[@]}" "${CHECK[@]}"
+step gpu-check 120 "$PY" bench/gpu_check.py "${WARGS[@]}" "${CHECK[@]}" --json "$OUT/check.json"
 
 step e2e 180 "$PY" bench/gpu_session.py e2e --device "$DEV" --side "$SIDE" --work "$WORK" "${WARGS[@]}" \
   --json "$OUT/e2e.json"
 
 BENCH=()
 [ "$DRY" = 1 ] && BENCH=(--device cpu --quick --batch 1)
-t=$(($(left) - 100))  # keep time for the training run and the summary
+t=$(($(left) - 100))  # seconds of measuring; keep time for the training run and the summary
 [ $t -gt 220 ] && t=220
+[ $t -lt 30 ] && t=30
 step bench $((t + 30)) "$PY" bench/gpu.py "${WARGS[@]}" "${BENCH[@]}" --time-budget "$t" --json "$OUT/bench.json"
 
 if [ "$(left)" -ge 90 ]; then

@@ -8,7 +8,7 @@ requirements/constraints.txt. bench/gpu_wheelhouse.sh downloads them into .whl/ 
     python bench/gpu_wheels.py pins                    # NAME==VERSION of every wheel (from the constraints)
     python bench/gpu_wheels.py collect CACHE DEST      # the pinned wheels of CACHE -> DEST, LZMA-repacked
     python bench/gpu_wheels.py size DIR --limit-mib 60 # DIR + the working tree that travels, against the limit
-    python bench/gpu_wheels.py check                   # on the device, after the install: requirements met?
+    python bench/gpu_wheels.py check --site DIR        # on the device, after the install: requirements met?
     python bench/gpu_wheels.py image-side DIR          # what the image must provide (the dry run installs these)
     python bench/gpu_wheels.py trace OUT.json          # run the local path on CPU, record who imports what
     python bench/gpu_wheels.py needs OUT.json          # -> distributions needed: from the image / as wheels
