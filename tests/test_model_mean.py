@@ -408,7 +408,7 @@ def test_gpu_session_check_passes_on_cpu(capsys):
     import runpy
 
     main = runpy.run_path(str(Path(__file__).resolve().parents[1] / "bench" / "gpu_check.py"), run_name="check")["main"]
-    assert main() == 0
+    assert main(["--quick"]) == 0
     res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert res["mean"]["same_twice"] and res["diffusion_1step"]["same_twice"]
 
