@@ -23,15 +23,25 @@ def test_s2_window_count():
 
 
 def test_gpu_bench_quick_on_cpu(tmp_path, capsys):
+    """The shipped default path (bundled weights through the engine's upsampler) and a --config architecture,
+    with seconds per Sentinel-2 tile counted in the engine's windows, and LDSR-S2's published figures."""
+    gpu = _load("gpu")
     out = tmp_path / "b.json"
-    assert _load("gpu").main(["--device", "cpu", "--quick", "--no-baseline", "--json", str(out)]) == 0
+    assert gpu.main(["--device", "cpu", "--quick", "--no-baseline", "--config", str(ROOT / "configs" / "model-x4.yaml"),
+                     "--json", str(out)]) == 0
     res = json.loads(out.read_text())
-    rows = res["rows"]
-    assert {(r["batch"], r["steps"]) for r in rows} == {(1, 1), (1, 2), (2, 1), (2, 2)}
-    for r in rows:
+    tile, overlap, _ = gpu.engine_tiling()
+    assert res["info"]["windows_per_s2_tile"] == gpu.windows_per_s2_tile(tile, overlap) == 9604
+    shipped = [r for r in res["rows"] if r["arch"] == "geosr shipped"]
+    arch = [r for r in res["rows"] if r["arch"] != "geosr shipped"]
+    assert [r["batch"] for r in shipped] == [1, 2] and all(r["sampling"] for r in shipped)
+    assert {(r["batch"], r["steps"]) for r in arch} == {(1, 1), (1, 2), (2, 1), (2, 2)}
+    for r in res["rows"]:
         assert r["ms_per_tile"] > 0 and r["tiles_per_s"] == pytest.approx(1000 / r["ms_per_tile"])
-        assert r["min_per_s2_tile"] == pytest.approx(r["ms_per_tile"] * 9025 / 60000)
-    assert "| geosr ldm |" in capsys.readouterr().out
+        assert r["s_per_s2_tile"] == pytest.approx(r["ms_per_tile"] * 9604 / 1000)
+    assert [(r["batch"], round(r["s_per_s2_tile"])) for r in res["reference"]] == [(1, 958), (16, 511), (32, 509)]
+    text = capsys.readouterr().out
+    assert "| geosr shipped |" in text and "| LDSR-S2 reference (H200, published) |" in text
 
 
 def test_model_cpu_bench_table(tmp_path, capsys):

@@ -408,7 +408,7 @@ def test_gpu_session_check_passes_on_cpu(capsys):
     import runpy
 
     main = runpy.run_path(str(Path(__file__).resolve().parents[1] / "bench" / "gpu_check.py"), run_name="check")["main"]
-    assert main() == 0
+    assert main(["--quick"]) == 0
     res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert res["mean"]["same_twice"] and res["diffusion_1step"]["same_twice"]
 
@@ -558,3 +558,29 @@ def test_projecting_every_step_keeps_the_measurement_without_a_final_projection(
             y = super_resolve(m, lr, org, options=opts)
         err[px0] = float((torch.nn.functional.avg_pool2d(y, 4) - lr).abs().max())
     assert err[True] < 1e-4 < err[False]
+
+
+def test_eval_test_split_scores_only_the_recipe_test_images_in_both_protocols(tmp_path, capsys):
+    import yaml
+
+    from geosr.cli import main
+
+    _folder(tmp_path, "rgb", 6, 3)
+    m = _shared_trained_like(8)
+    save_model(m, tmp_path / "w")
+    recipe = {"model": SHARED.to_dict(), "train": {"data": {
+        "corpus_root": str(tmp_path), "patch": 32, "context": 32,
+        "folders": [{"path": "rgb", "glob": "*/*.png", "bands": ["red", "green", "blue"], "test": r"0[45]\.png$"}]}}}
+    rp = tmp_path / "recipe.yaml"
+    rp.write_text(yaml.safe_dump(recipe))
+    rc = main(["eval", "--test-split", str(rp), "--weights", str(tmp_path / "w"), "--json", str(tmp_path / "e.json")])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "2 test images, protocol average" in out and "2 test images, protocol bicubic-uint8" in out
+    res = json.loads((tmp_path / "e.json").read_text())
+    for protocol in ("average", "bicubic-uint8"):
+        rows = res[protocol]
+        assert {"bicubic", "lanczos", "lanczos+bp", "ldm"} <= set(rows)
+        assert all(r["images"] == 2 and np.isfinite(r["psnr"]) for r in rows.values())
+    assert res["average"]["lanczos+bp"]["psnr"] > res["average"]["bicubic"]["psnr"]
+    assert main(["eval", "--test-split", str(tmp_path / "none.yaml")]) == 2

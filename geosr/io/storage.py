@@ -300,11 +300,12 @@ def rasterio_session(uri: str, env: StorageEnv) -> Any:
     Build one per thread (botocore sessions are not thread-safe) and reuse it; credentials are
     re-read from it each time a ``rasterio.Env`` is entered, so rotating credentials keep working.
     """
-    from botocore.exceptions import BotoCoreError
     from rasterio.session import AWSSession, DummySession
 
     if not is_s3(uri):
         return DummySession()
+    from botocore.exceptions import BotoCoreError  # s3:// only: local paths need no botocore
+
     c = env.config
     if c.anon:
         return AWSSession(aws_unsigned=True, region_name=c.region)
