@@ -185,7 +185,6 @@ def _run_test_split(args: argparse.Namespace) -> int:
     """The recipe's image-folder test split through the production path: bicubic, lanczos, lanczos + back-
     projection and the model (its default sampling, and its mean alone with 2 and 8 symmetries), mean PSNR /
     SSIM over the images with a ``scale``-px border cropped; per protocol."""
-    import json
     from pathlib import Path
 
     import yaml
@@ -226,5 +225,5 @@ def _run_test_split(args: argparse.Namespace) -> int:
         print(images_table(res))
         out[protocol] = {k: {kk: vv for kk, vv in v.items() if kk != "per_image_psnr"} for k, v in res.items()}
     if args.json:
-        Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
+        Path(args.json).write_text(dumps(out, indent=2) + "\n")
     return 0
