@@ -62,6 +62,8 @@ WHEELS: dict[str, str] = {
     "typing-inspection": "pydantic",
     "typing-extensions": "pydantic-core 2.50 needs >= 4.16, newer than the image may hold (pure Python, 45 kB)",
     "diffusers": "the denoiser (UNet2DModel) and LDSR-S2's autoencoder (geosr.diffusion.model)",
+    "tenacity": "the retries of every storage operation (geosr.retry)",
+    "tornado": "tenacity imports it when it is installed (its optional tornado support); pure Python",
 }
 # image distributions that geosr and the wheels import on the local path (the dry run installs these from
 # the index to stand in for the image; `check` verifies them on the device)

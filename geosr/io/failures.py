@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import enum
 import errno
+import sys
 from typing import Any
 
 from ..errors import (
@@ -122,23 +123,18 @@ def _transient_type(e: BaseException) -> bool:
         pass
     if cluster_lost(e):
         return True
-    try:
-        import aiohttp
-
-        if isinstance(e, (aiohttp.ClientConnectionError, aiohttp.ServerTimeoutError)):
-            return True
-    except ImportError:  # pragma: no cover
-        pass
+    aiohttp = sys.modules.get("aiohttp")  # imported by whatever raised such an error
+    if aiohttp is not None and isinstance(e, (aiohttp.ClientConnectionError, aiohttp.ServerTimeoutError)):
+        return True
     return False
 
 
 def cluster_lost(e: BaseException) -> bool:
     """The Dask scheduler went away (restart, pod rescheduled): a retry reconnects and resumes."""
-    try:
-        from distributed.comm.core import CommClosedError
-    except ImportError:  # pragma: no cover - distributed is a dependency
-        return False
-    if isinstance(e, CommClosedError):
+    import sys
+
+    comm = sys.modules.get("distributed.comm.core")  # a process that never used Dask has no such failure
+    if comm is not None and isinstance(e, comm.CommClosedError):
         return True
     return type(e).__name__ == "FutureCancelledError" and "scheduler-connection-lost" in str(e)
 

@@ -4,12 +4,16 @@ it (:mod:`geosr.commands._flags`)."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..config import flag
 from ..store.lease import LeaseOptions
 from .cluster import ClusterSpec
-from .dask_executor import ClusterRunOptions
+
+if TYPE_CHECKING:  # the CLI builds its flags from this model: importing it must not import Dask
+    from .dask_executor import ClusterRunOptions
 
 DEFAULT_GPU_LIMIT = "geosr-gpu"
 
@@ -60,4 +64,6 @@ class RunSettings(BaseModel):
         return LeaseOptions(ttl=self.lease_ttl_s, wait=self.lease_wait_s, label=label)
 
     def run_options(self) -> ClusterRunOptions:
+        from .dask_executor import ClusterRunOptions
+
         return ClusterRunOptions(prefetch=self.prefetch, gpu_wait_s=self.gpu_wait_s)
