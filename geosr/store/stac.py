@@ -9,16 +9,20 @@ the projection and raster extension schemas with geosr (``geosr/data/stac-schema
 
 The Item carries the projection extension (``proj:code``, ``proj:wkt2``, ``proj:shape``,
 ``proj:transform``, ``proj:bbox``, ``proj:centroid``), a bbox and footprint in EPSG:4326 (edges
-densified, so a projected rectangle's curved outline is followed), and one ``data`` asset pointing at
+densified, so a projected rectangle's curved outline is followed; split at the antimeridian as RFC 7946 says, see
+:func:`footprint`), and one ``data`` asset pointing at
 the store with media type ``application/vnd+zarr`` (``pystac.MediaType.ZARR``), role ``data``, STAC 1.1
 ``bands`` (name, data type, nodata) and the raster extension's ``raster:bands`` (data type, nodata,
 scale/offset from stored values to reflectance, spatial resolution). A store with an uncertainty
-variable says so in ``geosr:uncertainty`` (variable name, samples per tile).
+variable says so in ``geosr:uncertainty`` (variable name, samples per tile). The Item is strict JSON
+(:mod:`geosr.jsonio`): no bare NaN or Infinity.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import math
 from datetime import datetime, timezone
 from typing import Any
 
@@ -26,12 +30,15 @@ import pystac
 from pystac.extensions.projection import ProjectionExtension
 from pystac.extensions.raster import RasterBand, RasterExtension
 
+from .. import jsonio
 from ..io.storage import StorageEnv
 from .backend import StoreLocation, storage_errors
 from .encode import SCALE, nodata
 from .georef import bbox as native_bbox
 from .georef import crs_code, crs_wkt2
 from .spec import OutputSpec
+
+log = logging.getLogger(__name__)
 
 ZARR_MEDIA_TYPE = pystac.MediaType.ZARR  # "application/vnd+zarr"
 _DENSIFY = 21  # points per footprint edge
@@ -48,23 +55,54 @@ def item_id(uri: str) -> str:
     return name[: -len(".zarr")] if name.endswith(".zarr") else name
 
 
-def footprint(spec: OutputSpec) -> tuple[list[float], dict[str, Any]]:
-    """(bbox, GeoJSON polygon) of the output's outline in EPSG:4326 (lon/lat)."""
+def footprint(spec: OutputSpec) -> tuple[list[float] | None, dict[str, Any] | None]:
+    """(bbox, GeoJSON geometry) of the output's outline in EPSG:4326 (lon/lat), as STAC and RFC 7946 want them.
+
+    The outline is the grid's edges, densified and transformed, wound counterclockwise (the right-hand rule) with
+    longitudes in [-180, 180]. An outline that crosses the antimeridian is split there into a MultiPolygon and its
+    bbox has west > east (RFC 7946 section 5.2); one around a pole encloses it; one that spans every longitude (a
+    global geographic grid) is the band between its latitudes. Splitting and the bbox are the ``antimeridian``
+    package's. (None, None) when the outline cannot be placed on the Earth (the grid lies outside its CRS's
+    domain): STAC's null geometry, with no bbox."""
+    import antimeridian
     from pyproj import CRS, Transformer
+    from shapely.geometry import Polygon, mapping
 
     xmin, ymin, xmax, ymax = native_bbox(spec.transform, spec.height, spec.width)
-    t = Transformer.from_crs(CRS.from_wkt(spec.crs_wkt), CRS.from_epsg(4326), always_xy=True)
+    crs = CRS.from_wkt(spec.crs_wkt)
+    t = Transformer.from_crs(crs, CRS.from_epsg(4326), always_xy=True)
     ring: list[tuple[float, float]] = []
     n = _DENSIFY - 1
-    edges = [((xmin, ymax), (xmax, ymax)), ((xmax, ymax), (xmax, ymin)), ((xmax, ymin), (xmin, ymin)), ((xmin, ymin), (xmin, ymax))]
+    # west edge down, south edge east, east edge up, north edge west: counterclockwise on a north-up grid
+    edges = [((xmin, ymax), (xmin, ymin)), ((xmin, ymin), (xmax, ymin)), ((xmax, ymin), (xmax, ymax)),
+             ((xmax, ymax), (xmin, ymax))]
     for (x0, y0), (x1, y1) in edges:
         for k in range(n):
             ring.append((x0 + (x1 - x0) * k / n, y0 + (y1 - y0) * k / n))
     lon, lat = t.transform([p[0] for p in ring], [p[1] for p in ring])
-    coords = [[round(float(a), 8), round(float(b), 8)] for a, b in zip(lon, lat)]
+    if not all(math.isfinite(v) for v in (*lon, *lat)) or not all(-90.0 <= v <= 90.0 for v in lat):
+        log.warning("the outline of %s x %s px at %s in %s is not on the Earth; the STAC Item has no geometry",
+                    spec.height, spec.width, spec.transform[2::3][:2], crs.name)
+        return None, None
+    if crs.is_geographic and max(lon) - min(lon) >= 360.0:  # every longitude: the band between the latitudes
+        s_, n_ = min(lat), max(lat)
+        band = [[-180.0, n_], [-180.0, s_], [180.0, s_], [180.0, n_], [-180.0, n_]]
+        return [-180.0, s_, 180.0, n_], {"type": "Polygon", "coordinates": [band]}
+    coords = list(zip(lon, lat))
     coords.append(coords[0])
-    box = [min(c[0] for c in coords), min(c[1] for c in coords), max(c[0] for c in coords), max(c[1] for c in coords)]
-    return box, {"type": "Polygon", "coordinates": [coords]}
+    fixed = antimeridian.fix_polygon(Polygon(coords), fix_winding=False, great_circle=False)
+    geom = _rounded(mapping(fixed))
+    return [float(v) for v in antimeridian.bbox(geom)], geom
+
+
+def _rounded(geom: dict[str, Any]) -> dict[str, Any]:
+    """A shapely GeoJSON mapping as plain lists, coordinates rounded to 1e-8 degree (about a millimetre)."""
+    def ring(r: Any) -> list[list[float]]:
+        return [[round(float(x), 8), round(float(y), 8)] for x, y, *_ in r]
+
+    if geom["type"] == "Polygon":
+        return {"type": "Polygon", "coordinates": [ring(r) for r in geom["coordinates"]]}
+    return {"type": "MultiPolygon", "coordinates": [[ring(r) for r in p] for p in geom["coordinates"]]}
 
 
 def build_stac_item(uri: str, spec: OutputSpec, provenance: dict[str, Any] | None = None,
@@ -129,7 +167,7 @@ def write_stac_item(uri: str, env: StorageEnv, item: pystac.Item) -> str:
     target = stac_item_uri(uri)
     doc = item.to_dict(include_self_link=False, transform_hrefs=False)
     loc = StoreLocation(target, env)
-    loc.write_bytes(loc.root, json.dumps(doc, indent=1).encode())
+    loc.write_bytes(loc.root, jsonio.dumps(doc, indent=1).encode())
     return target
 
 
@@ -178,12 +216,19 @@ def offline_validator() -> Any:
     return v
 
 
-def _centroid(spec: OutputSpec, x: float, y: float) -> dict[str, float]:
+def _centroid(spec: OutputSpec, x: float, y: float) -> dict[str, float] | None:
     from pyproj import CRS, Transformer
 
     t = Transformer.from_crs(CRS.from_wkt(spec.crs_wkt), CRS.from_epsg(4326), always_xy=True)
     lon, lat = t.transform(x, y)
-    return {"lat": round(float(lat), 7), "lon": round(float(lon), 7)}
+    if not (math.isfinite(lon) and math.isfinite(lat) and -90.0 <= lat <= 90.0):
+        return None
+    return {"lat": round(float(lat), 7), "lon": round(_wrap(float(lon)), 7)}
+
+
+def _wrap(lon: float) -> float:
+    """A longitude in [-180, 180] (180.034 -> -179.966; -180 and 180 stay)."""
+    return lon if -180.0 <= lon <= 180.0 else (lon + 180.0) % 360.0 - 180.0
 
 
 def _parse_datetime(v: Any) -> datetime | None:
