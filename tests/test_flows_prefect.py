@@ -110,6 +110,41 @@ def test_one_scene_flow_on_s3_with_artifacts(prefect_api, address, scenes, refer
     assert again["state"] == "skipped" and again["blocks_run"] == 0
 
 
+def test_one_scene_flow_on_a_per_band_stac_item_on_s3(prefect_api, address, s3_bucket, tmp_path):
+    """Issue 16: the scene flow end to end on a Sentinel-2 L2A STAC Item of per-band COGs (shaped like Earth Search's,
+    tests/s2_item.py) in a static catalog on SeaweedFS, written to S3 by the Dask cluster: the bands stacked on the
+    10 m grid with the baseline offset and the SCL mask, the output's STAC Item derived from the source Item."""
+    from geosr.flows.scene import super_resolve_scene
+    from tests import s2_item
+    from tests.test_stac_item_input import expected_nearest
+
+    scene = s2_item.write_scene(tmp_path / "S2B_32TMT")
+    for f in sorted(scene.parent.rglob("*")):
+        if f.is_file():
+            s3_bucket.upload(f, "catalog/S2B_32TMT/" + f.relative_to(scene.parent).as_posix())
+    src = s3_bucket.uri("catalog/S2B_32TMT/item.json")
+    out = s3_bucket.uri("flow/S2B_32TMT.zarr")
+    cfg = _config(s3_bucket.server.endpoint_url, **{"model.name": "nearest", "input.stac.scl_mask": True})
+    res = super_resolve_scene(input_uri=src, output_uri=out, config=cfg, settings=RunSettings(dask_address=address))
+    assert res["state"] == "written" and res["output"] == out and res["blocks_run"] == res["blocks_total"] == 9
+    png = s3_bucket.client.get_object(Bucket=s3_bucket.name, Key="flow/S2B_32TMT.quicklook.png")["Body"].read(8)
+    assert png == b"\x89PNG\r\n\x1a\n", "the quicklook of an Item input"
+    from geosr.io.storage import rasterio_env
+    from tests.test_stac_item_input import read_gdal
+
+    with rasterio_env(out, s3_bucket.env):
+        data, transform, crs = read_gdal("/vsis3/" + out[len("s3://"):])
+    assert crs.to_epsg() == s2_item.EPSG and transform.a == 5.0 and (transform.c, transform.f) == s2_item.ORIGIN
+    import numpy as np
+
+    np.testing.assert_array_equal(data, expected_nearest(scl_mask=True))
+    item = json.loads(s3_bucket.client.get_object(Bucket=s3_bucket.name, Key="flow/S2B_32TMT.stac-item.json")["Body"].read())
+    assert [lk["href"] for lk in item["links"] if lk["rel"] == "derived_from"] == [src]
+    assert item["properties"]["platform"] == "sentinel-2b" and item["properties"]["gsd"] == 5.0
+    again = super_resolve_scene(input_uri=src, output_uri=out, config=cfg, settings=RunSettings(dask_address=address))
+    assert again["state"] == "skipped" and again["blocks_run"] == 0
+
+
 def _item(scene_id, href, dt, cloud):
     return {"type": "Feature", "stac_version": "1.0.0", "id": scene_id, "collection": "s2",
             "geometry": {"type": "Polygon", "coordinates": [[[13.7, 45.1], [13.8, 45.1], [13.8, 45.2], [13.7, 45.2],
