@@ -2,7 +2,7 @@
 """Copy a finished training run into the package as the bundled model, with its held-out evaluation.
 
 Usage:
-    python scripts/bundle_model.py RUN_DIR EVAL_JSON [--dest geosr/data/models/geosr-ldm-rgbn-x4]
+    python scripts/bundle_model.py RUN_DIR EVAL_JSON [--dest geosr/data/models/geosr-ldm-x4]
         [--sampling '{"ensemble": 2}']
 
 RUN_DIR is what `geosr train --out` wrote (config.json + safetensors); EVAL_JSON is what `geosr eval --manifest
@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run_dir")
     p.add_argument("eval_json")
-    p.add_argument("--dest", default=str(Path(__file__).resolve().parents[1] / "geosr/data/models/geosr-ldm-rgbn-x4"))
+    p.add_argument("--dest", default=str(Path(__file__).resolve().parents[1] / "geosr/data/models/geosr-ldm-x4"))
     p.add_argument("--sampling", default="{}", help="JSON object of sampling options to recommend")
     p.add_argument("--command", default="geosr eval --manifest ~/.cache/geosr/corpus/manifest.json --texture-steps 0")
     a = p.parse_args(argv)

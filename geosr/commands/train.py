@@ -9,12 +9,13 @@ import argparse
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "train", help="train the latent-diffusion model from high-res GeoTIFFs",
-        description="Build LR/HR pairs from high-res GeoTIFFs (blur + decimation + noise), train the residual "
-                    "autoencoder, then the v-prediction denoiser with EMA. Resumable: rerun the same command.",
+        description="Build LR/HR pairs from high-res GeoTIFFs and image folders (the sensor operator + noise), then "
+                    "train the recipe's stages in order: mean predictor, autoencoder, v-prediction denoiser with "
+                    "EMA, one-step fine-tuning (a stage with 0 steps is skipped). Resumable: rerun the same command.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--config", required=True, help="model config YAML with model: and train: sections "
-                                                    "(configs/model-rgbn-x4.yaml)")
+                                                    "(configs/model-x4.yaml)")
     p.add_argument("--out", required=True, help="run directory; holds config.json + safetensors when done")
     p.add_argument("--data", nargs="+", default=None, help="high-res GeoTIFFs (override train.data.files)")
     p.add_argument("--manifest", default=None, help="corpus manifest.json (override train.data.manifest)")

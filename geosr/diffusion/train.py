@@ -266,6 +266,9 @@ def provenance(run: Run) -> ModelSpec:
                      "val_fraction": f.val_fraction, "weight": f.weight, "gsd_m": f.gsd_m} for f in d.folders],
         "train_images": len(run.train_data.names), "val_images": len(run.val_data.names),
         "heldout_scenes": [sc["name"] for sc in manifest_scenes(d.manifest, "heldout")] if d.manifest else [],
+        # whole scenes and files that trained (image folders are described by their split rules in ``folders``)
+        "train_scenes": ([sc["name"] for sc in manifest_scenes(d.manifest, "train")] if d.manifest else [])
+        + [Path(f).name for f in d.files],
         "validation": _validation_kind(d), "mean_best": run.state.get("mean_best"),
         "train_pixels_hr": run.train_data.pixels, "val_pixels_hr": run.val_data.pixels,
         "patch": d.patch, "context": d.context, "band_counts": {str(k): v for k, v in d.band_counts.items()},

@@ -28,7 +28,7 @@ MEAN_FILE = "mean.safetensors"
 
 def bundled_dir() -> Path:
     """The default model shipped inside the package."""
-    return Path(__file__).resolve().parent.parent / "data" / "models" / "geosr-ldm-rgbn-x4"
+    return Path(__file__).resolve().parent.parent / "data" / "models" / "geosr-ldm-x4"
 
 
 def save_tensors(tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, str] | None = None) -> None:
