@@ -1,7 +1,8 @@
 """Session-wide test setup: an isolated environment, ``--runslow``, and a real SeaweedFS S3 server.
 
 Environment (set in ``pytest_configure``, before any test module is imported, restored at the end):
-a private ``PREFECT_HOME``, Prefect analytics off and a generous ephemeral-server timeout, AWS
+a private ``PREFECT_HOME``, Prefect analytics off and a generous ephemeral-server timeout, Dask's worker
+profiler off, AWS
 instance metadata disabled, the developer's ``~/.aws`` files and profile hidden, and test-only S3
 credentials in ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY`` that the SeaweedFS server accepts.
 
@@ -72,12 +73,19 @@ def pytest_configure(config: pytest.Config) -> None:
         "AWS_SHARED_CREDENTIALS_FILE": str(_session_tmp / "aws-credentials-absent"),
         "AWS_ACCESS_KEY_ID": TEST_ACCESS_KEY,
         "AWS_SECRET_ACCESS_KEY": TEST_SECRET_KEY,
+        # the tests' own Dask clusters (worker processes included) without the statistical profiler, whose
+        # sys._current_frames() can deadlock CPython 3.11's garbage collector (geosr/orchestration/cluster.py)
+        "DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED": "false",
     }
     for name, value in env.items():
         _set_env(name, value)
     for name in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN", "AWS_ENDPOINT_URL",
                  "AWS_ENDPOINT_URL_S3", "AWS_S3_ENDPOINT", "AWS_NO_SIGN_REQUEST"):
         _set_env(name, None)
+    if "dask" in sys.modules:  # read before this hook (a plugin): take the variable above into account
+        import dask
+
+        dask.config.refresh()
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

@@ -217,3 +217,16 @@ def test_killed_gpu_worker_mid_scene_the_scene_completes(scene, reference, tmp_p
         assert roles.gpu and roles.gpu[0] != killed[0][0], f"the nanny brought a new GPU worker: {roles}"
     assert store_status(out, StorageEnv()).state == "complete"
     assert_same_store(store_arrays(out, StorageEnv()), reference)
+
+
+@pytest.mark.parametrize("processes", [False, True])
+def test_embedded_workers_run_without_the_profiler_even_when_dask_config_enables_it(processes):
+    """Dask's profiler thread can deadlock CPython 3.11's GC (a worker waits for the GIL forever; seen here as a
+    scene flow that never finished): geosr's embedded workers, in-process or in Nanny processes, have none."""
+    import dask
+
+    with dask.config.set({"distributed.worker.profile.enabled": True}):
+        with dask_client(ClusterSpec(processes=processes, cpu_workers=1, cpu_threads=1, gpu_workers=1)) as c:
+            c.wait_for_workers(2, timeout=120)
+            got = c.run(lambda dask_worker: sorted(k for k in dask_worker.periodic_callbacks if "profile" in k))
+    assert len(got) == 2 and all(v == [] for v in got.values()), got

@@ -54,7 +54,8 @@ def visible_gpus() -> int:
 
 
 def embedded_cluster(spec: ClusterSpec) -> Any:
-    """A ``SpecCluster`` with CPU workers and GPU-tagged workers on 127.0.0.1."""
+    """A ``SpecCluster`` with CPU workers and GPU-tagged workers on 127.0.0.1 (without Dask's profiler)."""
+    import dask
     from distributed import Nanny, Scheduler, SpecCluster, Worker
 
     if spec.cpu_workers < 0 or spec.cpu_threads < 1:
@@ -86,7 +87,17 @@ def embedded_cluster(spec: ClusterSpec) -> Any:
                                                "dashboard_address": loopback(spec.dashboard_address or ":0"),
                                                "dashboard": spec.dashboard_address is not None}}
     log.info("starting %s", spec.describe())
-    return SpecCluster(workers=workers, scheduler=scheduler, name="geosr", silence_logs=logging.WARNING)
+    # Workers are built inside SpecCluster's start (Nanny keeps a copy of the config for its worker process and
+    # its restarts), so the setting holds for every embedded worker and nothing else.
+    with dask.config.set(NO_WORKER_PROFILER):
+        return SpecCluster(workers=workers, scheduler=scheduler, name="geosr", silence_logs=logging.WARNING)
+
+
+# Dask's statistical profiler calls sys._current_frames() every 10 ms on every worker; on CPython 3.11 that can
+# deadlock against the garbage collector (python/cpython#106883, dask/distributed#8616): a worker thread then waits
+# for the GIL forever and the scene hangs. geosr never reads those profiles, so its workers run without it. The
+# images set DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED=false for workers started by `dask worker`.
+NO_WORKER_PROFILER = {"distributed.worker.profile.enabled": False}
 
 
 def loopback(address: str) -> str:

@@ -58,6 +58,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     GEOSR_CONFIG_DIR=/opt/geosr/configs \
     GEOSR_WEIGHTS_DIR=/var/lib/geosr/weights \
     DASK_TEMPORARY_DIRECTORY=/var/lib/geosr/dask \
+    DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED=false \
     PREFECT_HOME=/var/lib/geosr/prefect
 USER 10001:10001
 WORKDIR /opt/geosr

@@ -82,6 +82,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     GEOSR_MODEL_DIR=/opt/geosr/models \
     GEOSR_WEIGHTS_DIR=/var/lib/geosr/weights \
     DASK_TEMPORARY_DIRECTORY=/var/lib/geosr/dask \
+    DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED=false \
     PREFECT_HOME=/var/lib/geosr/prefect
 USER 10001:10001
 WORKDIR /opt/geosr
