@@ -3,12 +3,14 @@
 
 Usage:
     python scripts/bundle_model.py RUN_DIR EVAL_JSON [--dest geosr/data/models/geosr-ldm-x4]
-        [--sampling '{"ensemble": 2}']
+        [--sampling '{"ensemble": 2}'] [--test-split-json ucm.json]
 
 RUN_DIR is what `geosr train --out` wrote (config.json + safetensors); EVAL_JSON is what `geosr eval --manifest
 ... --weights RUN_DIR --json EVAL_JSON` wrote for it. The bundled config.json is the run's, with
 ``trained.heldout_eval`` (per-scene PSNR/SSIM differences against lanczos + back-projection for every model row of
-the evaluation, and the command) and, with ``--sampling``, the recommended sampling options layered on the run's.
+the evaluation, and the command), with ``--test-split-json`` (what ``geosr eval --test-split RECIPE --json`` wrote)
+``trained.test_split_eval`` (mean PSNR/SSIM per protocol and method), and, with ``--sampling``, the recommended
+sampling options layered on the run's.
 MODEL_CARD.md is left as it is: write it by hand from the same numbers.
 """
 from __future__ import annotations
@@ -36,6 +38,16 @@ def heldout_summary(ev: dict, command: str) -> dict:
     return out
 
 
+def test_split_summary(ev: dict) -> dict:
+    """{protocol: {method: {psnr, ssim, images}}} of a ``geosr eval --test-split`` result, and its recipe."""
+    out: dict = {"recipe": ev.get("recipe"), "command": "geosr eval --test-split RECIPE --weights MODEL"}
+    for protocol, rows in ev.items():
+        if isinstance(rows, dict) and all(isinstance(r, dict) and "psnr" in r for r in rows.values()) and rows:
+            out[protocol] = {m: {"psnr": round(r["psnr"], 3), "ssim": round(r["ssim"], 4), "images": r["images"]}
+                             for m, r in rows.items()}
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run_dir")
@@ -43,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dest", default=str(Path(__file__).resolve().parents[1] / "geosr/data/models/geosr-ldm-x4"))
     p.add_argument("--sampling", default="{}", help="JSON object of sampling options to recommend")
     p.add_argument("--command", default="geosr eval --manifest ~/.cache/geosr/corpus/manifest.json --texture-steps 0")
+    p.add_argument("--test-split-json", default=None, help="`geosr eval --test-split ... --json` output to record")
     a = p.parse_args(argv)
     run, dest = Path(a.run_dir), Path(a.dest)
     missing = [f for f in ("config.json", *FILES) if not (run / f).is_file()]
@@ -53,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     cfg = json.loads((run / "config.json").read_text())
     cfg["sampling"] = {**cfg.get("sampling", {}), **json.loads(a.sampling)}
     cfg.setdefault("trained", {})["heldout_eval"] = heldout_summary(ev, a.command)
+    if a.test_split_json:
+        cfg["trained"]["test_split_eval"] = test_split_summary(json.loads(Path(a.test_split_json).read_text()))
     dest.mkdir(parents=True, exist_ok=True)
     for f in FILES:
         shutil.copyfile(run / f, dest / f)
