@@ -54,6 +54,8 @@ WHEELS: dict[str, str] = {
     "google-crc32c": "zarr's crc32c codec",
     "pyproj": "the output's CRS: CF grid mapping, STAC footprint (geosr.store.georef, .spec, .stac)",
     "pystac-core": "the STAC Item beside the store (geosr.store.stac)",
+    "antimeridian": "the STAC Item's footprint split at +-180 (geosr.store.stac.footprint)",
+    "shapely": "antimeridian's geometry (geosr.store.stac.footprint)",
     "pystac-ext-projection": "the STAC Item's proj: fields",
     "pystac-ext-raster": "the STAC Item's raster:bands",
     "pydantic": "run and train configuration (geosr.config, geosr.diffusion.train)",

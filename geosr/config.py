@@ -57,6 +57,9 @@ class StorageConfig(_Frozen):
     region: str | None = None
     profile: str | None = None
     anon: bool = False
+    retry_attempts: int = Field(default=8, ge=1, le=30,
+                                description="tries of every storage operation before a run gives up (backoff from "
+                                            "0.5 s, doubling, capped at 30 s: 8 rides out about a minute of outage)")
 
     @field_validator("endpoint_url")
     @classmethod

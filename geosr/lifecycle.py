@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import time
 from contextlib import ExitStack, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any, Callable, ContextManager
 
@@ -203,7 +203,7 @@ def run_scene(input_uri: str, output_uri: str, cfg: RunConfig, executor: Executo
               overwrite: bool = False, env: StorageEnv | None = None, progress: ProgressFn | None = None,
               announce: Callable[[str], None] | None = None, lease: LeaseOptions | None = None,
               slot: Callable[[], ContextManager[Any]] | None = None, max_blocks: int | None = None,
-              extra_provenance: dict[str, Any] | None = None, policy: RetryPolicy = STORAGE,
+              extra_provenance: dict[str, Any] | None = None, policy: RetryPolicy | None = None,
               upsampler: Any = None) -> SceneReport:
     """Super-resolve one scene into a Zarr store (see the module's docstring for the steps).
 
@@ -212,7 +212,10 @@ def run_scene(input_uri: str, output_uri: str, cfg: RunConfig, executor: Executo
     work starts. ``lease`` serialises runs of one output (waiting for another run); ``slot`` is entered around
     the model work (the Prefect GPU limit). ``max_blocks`` stops after that many blocks (the store stays
     incomplete, as after a crash); ``extra_provenance`` is merged into the provenance record (e.g.
-    ``{"datetime": acquisition time}``, the STAC item's datetime)."""
+    ``{"datetime": acquisition time}``, the STAC item's datetime). ``policy``: the retries of every storage
+    operation (default: ``cfg.storage.retry_attempts`` tries with backoff)."""
+    if policy is None:
+        policy = replace(STORAGE, attempts=cfg.storage.retry_attempts)
     t0 = time.perf_counter()
     started = datetime.now(timezone.utc).isoformat()
     env = env or StorageEnv(cfg.storage)

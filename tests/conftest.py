@@ -276,8 +276,8 @@ def _stop(proc: subprocess.Popen) -> None:
     if proc.poll() is not None:
         return
     proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=15)
+    try:  # weed may take 15 s to shut down gracefully after a restart; the tests need none of its data then
+        proc.wait(timeout=5)
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait(timeout=10)

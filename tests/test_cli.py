@@ -146,21 +146,24 @@ def test_entry_point_exit_code_and_no_traceback(tmp_path):
 
 
 @pytest.mark.heavy
-def test_default_model_is_the_bundled_diffusion_model(tmp_path, capsys):
-    """No --model: the bundled latent-diffusion model (x4, red/green/blue/nir); a scene it can't take is a
-    one-line error that says what to do."""
+def test_default_model_is_the_bundled_model_for_any_band_count(tmp_path, capsys):
+    """No --model: the bundled x4 model, for 4, 1, 3 and 10 bands alike (issue 15); a scale it can't make is a
+    one-line error that lists those it can."""
     import json
 
     import zarr
 
-    src = make_geotiff(tmp_path / "rgbn.tif", height=40, width=48, bands=4, seed=2)
-    out = tmp_path / "o.zarr"
-    rc, so, err = _run(["run", str(src), str(out), "--tile", "32", "--overlap", "8", "--chunk", "64",
-                        "--block", "128", "--device", "cpu", "--no-progress"], capsys)
-    assert rc == 0, err
-    attrs = dict(zarr.open_group(str(out), mode="r").attrs)
-    prov = attrs.get("provenance") or attrs.get("geosr:provenance") or attrs
-    assert '"name": "ldm"' in json.dumps(prov)
-    three = make_geotiff(tmp_path / "rgb.tif", height=40, width=48, bands=3, seed=3)
-    rc, _, err = _run(["run", str(three), str(tmp_path / "p.zarr"), "--device", "cpu", "--no-progress"], capsys)
-    _one_line_error(rc, err, "--bands", "--model bicubic")
+    flags = ["--tile", "32", "--overlap", "8", "--chunk", "64", "--block", "128", "--device", "cpu", "--no-progress"]
+    for bands in (4, 1, 3, 10):
+        src = make_geotiff(tmp_path / f"b{bands}.tif", height=40, width=48, bands=bands, seed=bands)
+        out = tmp_path / f"o{bands}.zarr"
+        rc, so, err = _run(["run", str(src), str(out), *flags], capsys)
+        assert rc == 0, err
+        group = zarr.open_group(str(out), mode="r")
+        attrs = dict(group.attrs)
+        prov = attrs.get("provenance") or attrs.get("geosr:provenance") or attrs
+        assert '"name": "ldm"' in json.dumps(prov)
+        assert group["reflectance"].shape == (bands, 160, 192)
+    x5 = ["--tile", "32", "--overlap", "8", "--chunk", "80", "--block", "160", "--device", "cpu", "--no-progress"]
+    rc, _, err = _run(["run", str(tmp_path / "b3.tif"), str(tmp_path / "x5.zarr"), "--scale", "5", *x5], capsys)
+    _one_line_error(rc, err, "the bundled model makes x4", "x2, x3, x4, x8, x12, x16", "--model lanczos")

@@ -296,7 +296,7 @@ def test_bundled_model_is_small_loads_by_default_and_is_consistent():
                                                    "denoiser.safetensors", "mean.safetensors"]
     up = build_upsampler("ldm", scale=4, device="cpu", bands=4, seed=0)
     cfg = json.loads((d / "config.json").read_text())
-    assert up.options.steps == cfg["sampling"]["steps"] and up.options.diffusion == cfg["sampling"]["diffusion"]
+    assert up.options.diffusion == cfg["sampling"]["diffusion"] and up.options.ensemble == cfg["sampling"]["ensemble"]
     # trained on the corpus' training scenes only: no held-out scene in its training set
     assert cfg["trained"]["train_scenes"] and not set(cfg["trained"]["train_scenes"]) & set(cfg["trained"]["heldout_scenes"])
     b = _batch(scene(40, 40), [(0, 0), (8, 8)], 32, seed=1)

@@ -271,3 +271,31 @@ def test_invalid_flow_settings_are_one_line_before_any_flow_starts(scene, tmp_pa
 def test_a_quicklook_of_a_missing_store_is_one_line(scene, tmp_path, capsys):
     line = _one_line(capsys, ["quicklook", scene, str(tmp_path / "none.zarr"), str(tmp_path / "q.png")])
     assert "not a geosr output store" in line, line
+
+
+@pytest.mark.parametrize("attempts, ok", [(1, False), (3, True)])
+def test_storage_retry_attempts_reach_the_lifecycle(attempts, ok, tmp_path, monkeypatch):
+    """`storage.retry_attempts` is how many tries every storage operation of a run gets: two refused connections
+    stop a run allowed one try and are ridden out by one allowed three (no sleeping: the backoff is patched)."""
+    import geosr.lifecycle as lifecycle
+    import geosr.retry as retry
+
+    src = make_geotiff(tmp_path / "in.tif", height=40, width=40, bands=1, dtype="uint8", seed=1)
+    real, calls = lifecycle.open_source, []
+
+    def flaky(*a, **kw):
+        calls.append(1)
+        if len(calls) <= 2:
+            raise ConnectionRefusedError("connection refused")
+        return real(*a, **kw)
+
+    monkeypatch.setattr(lifecycle, "open_source", flaky)
+    monkeypatch.setattr(retry.RetryPolicy, "delay", lambda self, attempt: 0.0)
+    cfg = load_config(None, {**SMALL, "storage.retry_attempts": attempts})
+    if ok:
+        assert run_scene(str(src), str(tmp_path / "o.zarr"), cfg).state == "written"
+        assert len(calls) == 3
+    else:
+        with pytest.raises(ConnectionRefusedError):
+            run_scene(str(src), str(tmp_path / "o.zarr"), cfg)
+        assert len(calls) == 1

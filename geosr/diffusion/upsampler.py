@@ -50,8 +50,10 @@ class LatentDiffusionUpsampler:
         try:
             scale_stages(spec.scale, scale)
         except ConfigError:
-            raise ConfigError(f"tiling.scale={scale}: the model at {weights} makes x{spec.scale} and, by read-out "
-                              f"and cascade, x{', x'.join(map(str, supported_scales(spec.scale)))}") from None
+            which = "the bundled model" if weights == "bundled" else f"the model at {weights}"
+            raise ConfigError(f"tiling.scale={scale}: {which} makes x{spec.scale} and, by read-out and cascade, "
+                              f"x{', x'.join(map(str, supported_scales(spec.scale)))}; pick one of those, or "
+                              f"--model lanczos for x{scale}") from None
         self.name = NAME
         self.scale = int(scale)
         self.bands = spec.bands or None  # None: any band count (band-shared model)

@@ -32,7 +32,6 @@ import hashlib
 import json
 import logging
 import math
-import posixpath
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,7 +41,7 @@ import numpy as np
 from ..config import InputConfig
 from ..errors import InputError, InputNotFoundError
 from .radiometry import Radiometry, resolve_radiometry
-from .storage import StorageEnv, is_remote, is_s3, rasterio_env, rasterio_session, strip_protocol
+from .storage import StorageEnv, is_remote, is_s3, rasterio_env, rasterio_session, resolve_href, strip_protocol
 
 log = logging.getLogger(__name__)
 
@@ -146,15 +145,6 @@ def load_item(uri: str, env: StorageEnv) -> tuple[Any, bytes]:
         raise InputError(f"{uri} is not a valid STAC Item ({e})".replace("\n", " ")) from None
     item.set_self_href(_absolute(uri))
     return item, raw
-
-
-def _resolve(base: str, href: str) -> str:
-    if "://" in href or href.startswith("/"):
-        return href
-    if is_remote(base):
-        scheme, rest = base.split("://", 1)
-        return f"{scheme}://{posixpath.normpath(posixpath.join(posixpath.dirname(rest), href))}"
-    return posixpath.normpath(posixpath.join(posixpath.dirname(strip_protocol(base)), href))
 
 
 def _band_names(asset: Any) -> set[str]:
@@ -412,13 +402,13 @@ def open_stac_item(uri: str, cfg: InputConfig, env: StorageEnv) -> StacItemSourc
                         "input.bands / --bands")
         key, asset = found
         rb = (asset.extra_fields.get("raster:bands") or [{}])[0]
-        bands.append(BandAsset(n, key, _resolve(self_href, asset.href), rb if isinstance(rb, dict) else {}))
+        bands.append(BandAsset(n, key, resolve_href(self_href, asset.href), rb if isinstance(rb, dict) else {}))
     scl = None
     if cfg.stac.scl_mask:
         found = find_band(item, "SCL")
         if found is None:
             raise _fail(item, uri, "SCL", "is not in the Item, so input.stac.scl_mask cannot be applied; turn it off")
-        scl = BandAsset("SCL", found[0], _resolve(self_href, found[1].href), {})
+        scl = BandAsset("SCL", found[0], resolve_href(self_href, found[1].href), {})
     grids = {b.name: _header(b, item, uri, env) for b in bands + ([scl] if scl else [])}
     first = bands[0]
     for b in bands[1:] + ([scl] if scl else []):
@@ -445,7 +435,7 @@ def open_stac_item(uri: str, cfg: InputConfig, env: StorageEnv) -> StacItemSourc
         nodata.append(None if nd is None or nd == "nan" else float(nd))
     doc = item.to_dict(include_self_link=False, transform_hrefs=False)
     for a in doc["assets"].values():  # odc-stac resolves every asset, not only the named ones
-        a["href"] = _resolve(self_href, a["href"])
+        a["href"] = resolve_href(self_href, a["href"])
     for b in bands + ([scl] if scl else []):
         rbs = doc["assets"][b.key].get("raster:bands")
         if isinstance(rbs, list) and rbs and isinstance(rbs[0], dict) and nodata and b is not scl:

@@ -7,6 +7,7 @@ and GDAL find them in the standard AWS environment variables, shared files or pr
 
 from __future__ import annotations
 
+import posixpath
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlparse
@@ -25,6 +26,16 @@ def strip_protocol(uri: str) -> str:
     if uri.startswith("file://"):
         return uri[len("file://") :]
     return uri.split("://", 1)[1] if "://" in uri else uri
+
+
+def resolve_href(base_uri: str, href: str) -> str:
+    """An href made absolute against the document it came from (a STAC Item or catalog: URLs, s3:// and paths)."""
+    if "://" in href or href.startswith("/"):
+        return href
+    if is_remote(base_uri):
+        scheme, rest = base_uri.split("://", 1)
+        return f"{scheme}://{posixpath.normpath(posixpath.join(posixpath.dirname(rest), href))}"
+    return posixpath.normpath(posixpath.join(posixpath.dirname(strip_protocol(base_uri)), href))
 
 
 BOTOCORE_RETRIES = {"max_attempts": 3, "mode": "standard"}

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import json
 import logging
-import posixpath
 from datetime import datetime, timezone
 from typing import Any
 
-from ..io.storage import StorageEnv, is_remote, strip_protocol
+from ..io.storage import StorageEnv, is_remote, resolve_href, strip_protocol
 from .errors import DiscoveryError
 from .query import SceneQuery, SceneRef, in_interval, intersects, iso, parse_instant, parse_interval
 
@@ -17,15 +16,6 @@ log = logging.getLogger(__name__)
 
 _TIFF_TYPES = ("image/tiff", "image/geotiff", "image/tiff; application=geotiff")
 
-
-def resolve_href(base_uri: str, href: str) -> str:
-    """An asset href made absolute against the document it came from (URLs, s3:// and paths)."""
-    if "://" in href or href.startswith("/"):
-        return href
-    if is_remote(base_uri):
-        scheme, rest = base_uri.split("://", 1)
-        return f"{scheme}://{posixpath.normpath(posixpath.join(posixpath.dirname(rest), href))}"
-    return posixpath.normpath(posixpath.join(posixpath.dirname(strip_protocol(base_uri)), href))
 
 def _read_json(uri: str, env: StorageEnv) -> Any:
     fs = env.filesystem(uri)
