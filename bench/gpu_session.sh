@@ -87,7 +87,7 @@ if ! step install 120 "$PY" -m pip install -q --disable-pip-version-check --no-i
 fi
 export PYTHONPATH=$SITE:$REPO${PYTHONPATH:+:$PYTHONPATH}
 step check-versions 60 "$PY" bench/gpu_wheels.py check --site "$SITE"  # reports; the imports below decide
-if ! step imports 60 "$PY" -c "import geosr.engine, geosr.diffusion.upsampler, rasterio, zarr, pyproj, diffusers, torch
+if ! step imports 60 "$PY" -c "import geosr.lifecycle, geosr.local_executor, geosr.store.stac, geosr.diffusion.upsampler, antimeridian, shapely, rasterio, zarr, pyproj, diffusers, torch
 print('imports ok: geosr', geosr.__version__, '| torch', torch.__version__, '| rasterio', rasterio.__version__,
       '| zarr', zarr.__version__, '| diffusers', diffusers.__version__)"; then
   echo "gpu_session: geosr's local path does not import (above); nothing else can run" >&2
