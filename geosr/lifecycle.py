@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import time
 from contextlib import ExitStack, nullcontext
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable, ContextManager
 
@@ -30,7 +30,7 @@ from .executor import Executor
 from .io.source import open_source
 from .io.storage import StorageEnv
 from .plan import ScenePlan
-from .retry import STORAGE, RetryPolicy, call_with_retry
+from .retry import RetryPolicy, call_with_retry, storage_policy
 from .stats import scene_metrics
 from .store import StoreStatus, ZarrOutput, store_status
 from .store.lease import LeaseOptions, SceneLease
@@ -215,7 +215,7 @@ def run_scene(input_uri: str, output_uri: str, cfg: RunConfig, executor: Executo
     ``{"datetime": acquisition time}``, the STAC item's datetime). ``policy``: the retries of every storage
     operation (default: ``cfg.storage.retry_attempts`` tries with backoff)."""
     if policy is None:
-        policy = replace(STORAGE, attempts=cfg.storage.retry_attempts)
+        policy = storage_policy(cfg.storage.retry_attempts)
     t0 = time.perf_counter()
     started = datetime.now(timezone.utc).isoformat()
     env = env or StorageEnv(cfg.storage)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, TypeVar
 
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt
@@ -51,6 +51,11 @@ class RetryPolicy:
 
 STORAGE = RetryPolicy()
 NO_RETRY = RetryPolicy(attempts=1)
+
+
+def storage_policy(attempts: int) -> RetryPolicy:
+    """The storage retries a run was configured with (``storage.retry_attempts``): :data:`STORAGE`'s backoff."""
+    return replace(STORAGE, attempts=attempts)
 
 
 def call_with_retry(fn: Callable[[], T], policy: RetryPolicy, what: str,

@@ -19,7 +19,7 @@ from ..errors import GeosrError
 from ..io.source import open_source
 from ..io.storage import StorageEnv
 from ..plan import ScenePlan
-from ..retry import STORAGE, RetryPolicy, call_with_retry
+from ..retry import RetryPolicy, call_with_retry, storage_policy
 from .discovery import SceneState, scene_states
 from .jobs import SceneJob
 from .query import SceneRef
@@ -144,9 +144,11 @@ def _calibrate(states: list[SceneState], env: StorageEnv, model_name: str) -> tu
 
 def plan_backfill(refs: list[SceneRef], output_prefix: str, cfg: RunConfig, *, overwrite: bool = False,
                   seconds_per_tile: float | None = None, env: StorageEnv | None = None,
-                  retry: RetryPolicy = STORAGE, threads: int = 8) -> BackfillPlan:
-    """Plan a backfill of ``refs`` into ``output_prefix`` (reads headers and ledgers only)."""
+                  retry: RetryPolicy | None = None, threads: int = 8) -> BackfillPlan:
+    """Plan a backfill of ``refs`` into ``output_prefix`` (reads headers and ledgers only; storage retries:
+    ``cfg.storage.retry_attempts`` unless ``retry`` is given)."""
     env = env or StorageEnv(cfg.storage)
+    retry = retry or storage_policy(cfg.storage.retry_attempts)
     states = scene_states(refs, output_prefix, env, retry=retry, threads=threads)
     model_name = cfg.model.name
     if seconds_per_tile is not None:
